@@ -1,0 +1,119 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/eventrouter/eventrouter/config"
+)
+
+// Exit codes of the eventrouter command.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	// ExitUsage means bad arguments or a bad configuration, found before
+	// any connection was made.
+	ExitUsage = 2
+)
+
+const usage = `eventrouter turns Kafka events into actions.
+
+Usage:
+  eventrouter run [--config FILE]        run the router daemon
+  eventrouter publish [flags] [EVENT]    publish EVENT, or one event per line of stdin
+
+Run "eventrouter COMMAND --help" for a command's flags.
+`
+
+// Env is what the command line reads from and writes to.
+type Env struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	Getenv func(string) string
+}
+
+// OSEnv returns the process's standard streams and environment.
+func OSEnv() Env {
+	return Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
+}
+
+// Main runs the eventrouter command with args (without the program name)
+// and returns its exit code. ctx is cancelled on SIGINT or SIGTERM.
+func Main(ctx context.Context, args []string, env Env) int {
+	if len(args) == 0 {
+		fmt.Fprint(env.Stderr, usage)
+		return ExitUsage
+	}
+	switch args[0] {
+	case "run":
+		return runCommand(ctx, args[1:], env)
+	case "publish":
+		return publishCommand(ctx, args[1:], env)
+	case "help", "-h", "--help":
+		fmt.Fprint(env.Stdout, usage)
+		return ExitOK
+	default:
+		fmt.Fprintf(env.Stderr, "eventrouter: unknown command %q\n\n%s", args[0], usage)
+		return ExitUsage
+	}
+}
+
+func runCommand(ctx context.Context, args []string, env Env) int {
+	fs := flag.NewFlagSet("eventrouter run", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	path := fs.String("config", config.DefaultPath, "configuration `file`")
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(env.Stderr, "eventrouter run: unexpected argument %q\n", fs.Arg(0))
+		return ExitUsage
+	}
+	cfg, err := config.Load(*path, env.Getenv)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "eventrouter: %s\n", oneLine(err))
+		return ExitUsage
+	}
+	logger := newLogger(cfg.Log, env.Stderr)
+	d, err := New(cfg, logger, Options{})
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "eventrouter: %s\n", oneLine(err))
+		return ExitUsage
+	}
+	if err := d.Run(ctx); err != nil {
+		logger.Error("eventrouter stopped", "err", err)
+		return ExitError
+	}
+	return ExitOK
+}
+
+// newLogger builds the process logger from validated settings.
+func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func flagExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	return ExitUsage
+}
+
+// oneLine joins the lines of a multi-problem error, so that each command
+// failure is one line.
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}

@@ -1,0 +1,310 @@
+// Package app is eventrouter's composition root: it wires configuration,
+// the Kafka publisher and subscribers, the router, its middleware and the
+// handlers, and runs the command line.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/eventrouter/eventrouter/broker"
+	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/drain"
+	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/notify"
+	"github.com/eventrouter/eventrouter/record"
+)
+
+// Headers that eventrouter adds to a poisoned record, beside Watermill's
+// reason_poisoned, topic_poisoned, handler_poisoned and subscriber_poisoned.
+const (
+	PoisonedPartitionKey = "partition_poisoned"
+	PoisonedOffsetKey    = "offset_poisoned"
+)
+
+// Options replace parts of what New builds. The zero value builds the
+// daemon as configured.
+type Options struct {
+	// Registry replaces handlers.Registry().
+	Registry map[string]handlers.Spec
+	// Notifier replaces the configured notifier.
+	Notifier handlers.Notifier
+	// Now replaces time.Now.
+	Now func() time.Time
+}
+
+// Daemon is the long-lived event router.
+type Daemon struct {
+	cfg      config.Config
+	logger   *slog.Logger
+	registry map[string]handlers.Spec
+	deps     handlers.Deps
+	running  chan struct{}
+}
+
+// New checks cfg against the handler registry and builds a daemon. It
+// makes no connection.
+func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) {
+	registry := opts.Registry
+	if registry == nil {
+		registry = handlers.Registry()
+	}
+	if err := checkRoutes(cfg.Routes, registry); err != nil {
+		return nil, err
+	}
+	deps := handlers.Deps{Notifier: opts.Notifier, Now: opts.Now}
+	if deps.Notifier == nil {
+		deps.Notifier = notify.Log{Logger: logger.With("component", "notifier")}
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	return &Daemon{cfg: cfg, logger: logger, registry: registry, deps: deps, running: make(chan struct{})}, nil
+}
+
+// checkRoutes reports routes that name an unknown handler, or that lack a
+// publish topic for a handler that publishes.
+func checkRoutes(routes []config.Route, registry map[string]handlers.Spec) error {
+	var errs []error
+	for i, r := range routes {
+		spec, ok := registry[r.Handler]
+		switch {
+		case !ok:
+			errs = append(errs, &config.KeyError{
+				Key: fmt.Sprintf("routes[%d].handler", i),
+				Msg: fmt.Sprintf("unknown handler %q; known: %s", r.Handler, strings.Join(handlers.Names(registry), ", ")),
+			})
+		case spec.Publishes && r.PublishTopic == "":
+			errs = append(errs, &config.KeyError{
+				Key: fmt.Sprintf("routes[%d].publish_topic", i),
+				Msg: fmt.Sprintf("is missing; handler %q publishes events", r.Handler),
+			})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Running is closed once every route is subscribed.
+func (d *Daemon) Running() <-chan struct{} { return d.running }
+
+// Run starts the embedded broker if configured, then the router, and
+// blocks until ctx is done. Then it stops taking records, lets in-flight
+// ones finish (for at most router.shutdown_timeout), commits their offsets,
+// closes the router and the publisher, and stops the broker last.
+func (d *Daemon) Run(ctx context.Context) error {
+	if d.cfg.Kafka.Embedded.Enabled {
+		b, err := broker.Start(d.cfg.Kafka.Embedded, d.logger.With("component", "broker"))
+		if err != nil {
+			return err
+		}
+		defer func() {
+			b.Close()
+			d.logger.Info("embedded kafka broker stopped")
+		}()
+	}
+
+	brokers := d.cfg.Brokers()
+	wlog := watermill.NewSlogLogger(d.logger.With("component", "watermill"))
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               brokers,
+		Marshaler:             record.Marshaler{},
+		OverwriteSaramaConfig: publisherConfig(d.cfg.Kafka),
+	}, wlog)
+	if err != nil {
+		return fmt.Errorf("connect to kafka at %s: %w", strings.Join(brokers, ","), err)
+	}
+	defer func() {
+		if err := pub.Close(); err != nil {
+			d.logger.Error("close kafka publisher", "err", err)
+		}
+	}()
+
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: d.cfg.Router.ShutdownTimeout}, wlog)
+	if err != nil {
+		return fmt.Errorf("create router: %w", err)
+	}
+	gate := drain.New()
+	for _, r := range d.cfg.Routes {
+		if err := d.addRoute(router, r, brokers, pub, gate, wlog); err != nil {
+			return fmt.Errorf("route %s: %w", r.Name, err)
+		}
+	}
+
+	// The router gets its own context: cancelling it would close the
+	// subscribers at once and abandon the records in flight.
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- router.Run(context.WithoutCancel(ctx)) }()
+
+	select {
+	case <-router.Running():
+		d.logger.Info("router running", "routes", len(d.cfg.Routes), "brokers", strings.Join(brokers, ","))
+		close(d.running)
+	case err := <-routerDone:
+		return fmt.Errorf("start router: %w", err)
+	case <-ctx.Done():
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-routerDone:
+		if err == nil {
+			err = errors.New("every handler stopped")
+		}
+		return fmt.Errorf("router stopped: %w", err)
+	}
+
+	d.logger.Info("stopping: finishing in-flight messages", "in_flight", gate.InFlight(),
+		"timeout", d.cfg.Router.ShutdownTimeout.String())
+	drainCtx, cancel := context.WithTimeout(context.Background(), d.cfg.Router.ShutdownTimeout)
+	if err := gate.Drain(drainCtx); err != nil {
+		d.logger.Warn("in-flight messages did not finish in time; they will be redelivered",
+			"in_flight", gate.InFlight(), "timeout", d.cfg.Router.ShutdownTimeout.String())
+	}
+	cancel()
+	closeErr := router.Close()
+	if err := <-routerDone; err != nil && closeErr == nil {
+		closeErr = err
+	}
+	if closeErr != nil {
+		return fmt.Errorf("close router: %w", closeErr)
+	}
+	d.logger.Info("router stopped; offsets committed")
+	return nil
+}
+
+// addRoute subscribes a route's consumer group and adds its handler with
+// its middleware.
+func (d *Daemon) addRoute(
+	router *message.Router,
+	r config.Route,
+	brokers []string,
+	pub message.Publisher,
+	gate *drain.Gate,
+	wlog watermill.LoggerAdapter,
+) error {
+	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+		Brokers:               brokers,
+		Unmarshaler:           record.Marshaler{},
+		OverwriteSaramaConfig: subscriberConfig(d.cfg.Kafka),
+		ConsumerGroup:         r.ConsumerGroup,
+		// Not a tracer: the hook lets the gate stand between sarama and
+		// the subscriber, for a stop that loses and repeats nothing.
+		Tracer: gate,
+	}, wlog)
+	if err != nil {
+		return fmt.Errorf("create subscriber: %w", err)
+	}
+
+	logger := d.logger.With("route", r.Name)
+	handle := d.registry[r.Handler].New(d.deps)
+	// The router closes a handler's publisher when the handler stops; the
+	// publisher is shared, so the daemon closes it, last.
+	shared := unclosable{pub}
+	var h *message.Handler
+	if r.PublishTopic == "" {
+		h = router.AddConsumerHandler(r.Name, r.SubscribeTopic, sub, func(msg *message.Message) error {
+			out, err := handle(msg)
+			if err == nil && len(out) > 0 {
+				err = handlers.Permanent(fmt.Errorf("handler %s produced %d events but the route has no publish_topic", r.Handler, len(out)))
+			}
+			return err
+		})
+	} else {
+		h = router.AddHandler(r.Name, r.SubscribeTopic, sub, r.PublishTopic, shared, handle)
+	}
+
+	poison, err := middleware.PoisonQueueWithFilter(
+		poisonPublisher{Publisher: shared, logger: logger},
+		r.PoisonTopic,
+		// A cancelled context means the subscriber is closing: the record
+		// is not acked and comes back after the restart, unpoisoned.
+		func(err error) bool { return !errors.Is(err, context.Canceled) },
+	)
+	if err != nil {
+		return fmt.Errorf("poison queue: %w", err)
+	}
+	retry := middleware.Retry{
+		MaxRetries:          *r.Retry.MaxRetries,
+		InitialInterval:     r.Retry.InitialInterval,
+		MaxInterval:         r.Retry.MaxInterval,
+		Multiplier:          r.Retry.Multiplier,
+		RandomizationFactor: 0.2,
+		ShouldRetry:         func(p middleware.RetryParams) bool { return !handlers.IsPermanent(p.Err) },
+		ResetContextOnRetry: true,
+		Logger:              wlog,
+	}
+	// The first middleware runs outermost:
+	//  1. poison queue sees only the final error, after retries, and parks
+	//     the record with the reason; a failed park leaves it un-acked;
+	//  2. retry backs off and retries transient errors, and lets permanent
+	//     ones through at once;
+	//  3. recoverer turns a panic into an error, so retry retries it;
+	//  4. correlation ID passes the consumed correlation ID on to the
+	//     produced events.
+	h.AddMiddleware(poison, retry.Middleware, middleware.Recoverer, correlationID)
+	return nil
+}
+
+// correlationID gives a record from a plain producer, which carries no
+// correlation ID, its own identity as one, and copies the correlation ID to
+// the produced events.
+func correlationID(h message.HandlerFunc) message.HandlerFunc {
+	inner := middleware.CorrelationID(h)
+	return func(msg *message.Message) ([]*message.Message, error) {
+		if middleware.MessageCorrelationID(msg) == "" {
+			middleware.SetCorrelationID(msg.UUID, msg)
+		}
+		return inner(msg)
+	}
+}
+
+// unclosable shares a publisher with the router without letting the router
+// close it.
+type unclosable struct {
+	message.Publisher
+}
+
+func (unclosable) Close() error { return nil }
+
+// poisonPublisher adds where a poisoned record came from, and logs each
+// record it parks.
+type poisonPublisher struct {
+	message.Publisher
+	logger *slog.Logger
+}
+
+func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
+	for _, msg := range msgs {
+		if partition, ok := kafka.MessagePartitionFromCtx(msg.Context()); ok {
+			msg.Metadata.Set(PoisonedPartitionKey, strconv.FormatInt(int64(partition), 10))
+		}
+		if offset, ok := kafka.MessagePartitionOffsetFromCtx(msg.Context()); ok {
+			msg.Metadata.Set(PoisonedOffsetKey, strconv.FormatInt(offset, 10))
+		}
+	}
+	if err := p.Publisher.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	for _, msg := range msgs {
+		p.logger.Warn("message poisoned",
+			"poison_topic", topic,
+			"topic", msg.Metadata.Get(middleware.PoisonedTopicKey),
+			"partition", msg.Metadata.Get(PoisonedPartitionKey),
+			"offset", msg.Metadata.Get(PoisonedOffsetKey),
+			"message_uuid", msg.UUID,
+			"correlation_id", middleware.MessageCorrelationID(msg),
+			"reason", msg.Metadata.Get(middleware.ReasonForPoisonedKey),
+		)
+	}
+	return nil
+}

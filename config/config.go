@@ -1,0 +1,370 @@
+// Package config loads, defaults and validates eventrouter's YAML configuration.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"go.yaml.in/yaml/v3"
+)
+
+// BrokersEnv names the environment variable that overrides kafka.brokers and
+// turns the embedded broker off.
+const BrokersEnv = "EVENTROUTER_KAFKA_BROKERS"
+
+// DefaultPath is the file `eventrouter run` reads when no --config is given.
+const DefaultPath = "eventrouter.yaml"
+
+// Config is the whole configuration of one eventrouter process.
+type Config struct {
+	// Kafka says which brokers to use and how to reach them.
+	Kafka Kafka `yaml:"kafka"`
+	// Router holds settings that apply to the router as a whole.
+	Router Router `yaml:"router"`
+	// Retry is the retry policy of every route that does not set its own.
+	Retry Retry `yaml:"retry"`
+	// Notifier chooses how notification handlers deliver notifications.
+	Notifier Notifier `yaml:"notifier"`
+	// Log chooses the log format and level.
+	Log Log `yaml:"log"`
+	// Routes lists what the router consumes, which handler runs, and where
+	// results and poisoned records go.
+	Routes []Route `yaml:"routes"`
+}
+
+// Kafka configures the connection to Kafka.
+type Kafka struct {
+	// Brokers lists external brokers as host:port. When it is empty the
+	// embedded broker must be enabled. EVENTROUTER_KAFKA_BROKERS overrides it.
+	Brokers []string `yaml:"brokers"`
+	// ClientID is the Kafka client.id the daemon sends to the brokers.
+	ClientID string `yaml:"client_id"`
+	// Version is the lowest Kafka protocol version the brokers speak, as
+	// sarama parses it (for example "3.6.0").
+	Version string `yaml:"version"`
+	// DialTimeout bounds each connection attempt to a broker.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// Embedded runs a Kafka-protocol broker inside the daemon.
+	Embedded Embedded `yaml:"embedded"`
+}
+
+// Embedded configures the in-process Kafka-protocol broker.
+type Embedded struct {
+	// Enabled starts the broker before the router and stops it last.
+	Enabled bool `yaml:"enabled"`
+	// Listen is the host:port the broker listens on and advertises.
+	Listen string `yaml:"listen"`
+	// Partitions is the partition count of auto-created topics.
+	Partitions int `yaml:"partitions"`
+	// DataDir keeps the log and committed offsets across restarts. Empty
+	// keeps everything in memory only.
+	DataDir string `yaml:"data_dir"`
+	// Retention is how long records are kept (Kafka's log.retention.ms).
+	Retention time.Duration `yaml:"retention"`
+	// RetentionBytes caps each partition's log in bytes (Kafka's
+	// log.retention.bytes); -1 means no cap.
+	RetentionBytes int64 `yaml:"retention_bytes"`
+	// RetentionCheckInterval is how often expired records are removed.
+	RetentionCheckInterval time.Duration `yaml:"retention_check_interval"`
+}
+
+// Router configures the Watermill router.
+type Router struct {
+	// ShutdownTimeout bounds how long a stop waits for in-flight messages
+	// to finish before it gives up on them (they are then redelivered).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Retry is an exponential backoff policy for transient handler errors.
+type Retry struct {
+	// MaxRetries is how many times a failed message is retried before it
+	// goes to the poison topic. Zero sends it there at once.
+	MaxRetries *int `yaml:"max_retries"`
+	// InitialInterval is the wait before the first retry.
+	InitialInterval time.Duration `yaml:"initial_interval"`
+	// MaxInterval caps the wait between retries.
+	MaxInterval time.Duration `yaml:"max_interval"`
+	// Multiplier grows the wait after each retry.
+	Multiplier float64 `yaml:"multiplier"`
+}
+
+// Notifier chooses the notification channel.
+type Notifier struct {
+	// Kind is the notifier to use: "log" writes one structured log line
+	// per notification.
+	Kind string `yaml:"kind"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Format is "text" or "json".
+	Format string `yaml:"format"`
+	// Level is "debug", "info", "warn" or "error".
+	Level string `yaml:"level"`
+}
+
+// Route connects a subscribe topic to a handler.
+type Route struct {
+	// Name identifies the route in logs; it defaults to the handler name.
+	Name string `yaml:"name"`
+	// Handler names a handler from the registry in package handlers.
+	Handler string `yaml:"handler"`
+	// SubscribeTopic is the topic the route consumes.
+	SubscribeTopic string `yaml:"subscribe_topic"`
+	// ConsumerGroup is the Kafka consumer group of the route. Instances
+	// that share it share the topic's partitions.
+	ConsumerGroup string `yaml:"consumer_group"`
+	// PublishTopic receives the events the handler produces.
+	PublishTopic string `yaml:"publish_topic"`
+	// PoisonTopic receives records that failed for good; it defaults to
+	// "<subscribe_topic>.poison".
+	PoisonTopic string `yaml:"poison_topic"`
+	// Retry overrides the global retry policy, key by key.
+	Retry Retry `yaml:"retry"`
+}
+
+// Defaults returns the configuration that every loaded file is laid over.
+func Defaults() Config {
+	maxRetries := 5
+	return Config{
+		Kafka: Kafka{
+			ClientID:    "eventrouter",
+			Version:     "3.6.0",
+			DialTimeout: 10 * time.Second,
+			Embedded: Embedded{
+				Listen:                 "127.0.0.1:9092",
+				Partitions:             1,
+				Retention:              7 * 24 * time.Hour,
+				RetentionBytes:         -1,
+				RetentionCheckInterval: 5 * time.Minute,
+			},
+		},
+		Router: Router{ShutdownTimeout: 30 * time.Second},
+		Retry: Retry{
+			MaxRetries:      &maxRetries,
+			InitialInterval: 100 * time.Millisecond,
+			MaxInterval:     10 * time.Second,
+			Multiplier:      2,
+		},
+		Notifier: Notifier{Kind: "log"},
+		Log:      Log{Format: "text", Level: "info"},
+	}
+}
+
+// Load reads the file at path, expands environment variables, decodes it
+// strictly over Defaults, applies EVENTROUTER_KAFKA_BROKERS and validates
+// the result.
+func Load(path string, getenv func(string) string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(raw, getenv)
+}
+
+// Parse is Load for configuration already in memory.
+func Parse(raw []byte, getenv func(string) string) (Config, error) {
+	expanded, err := Expand(raw, getenv)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg := Defaults()
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, decodeError(expanded, err)
+	}
+	if brokers := getenv(BrokersEnv); strings.TrimSpace(brokers) != "" {
+		cfg.Kafka.Brokers = splitList(brokers)
+		cfg.Kafka.Embedded.Enabled = false
+	}
+	cfg.fillRoutes()
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// fillRoutes gives each route the defaults that depend on other keys.
+func (c *Config) fillRoutes() {
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		if r.Name == "" {
+			r.Name = r.Handler
+		}
+		if r.PoisonTopic == "" && r.SubscribeTopic != "" {
+			r.PoisonTopic = r.SubscribeTopic + ".poison"
+		}
+		r.Retry = r.Retry.Over(c.Retry)
+	}
+}
+
+// Over returns r with every unset key taken from base.
+func (r Retry) Over(base Retry) Retry {
+	if r.MaxRetries == nil {
+		r.MaxRetries = base.MaxRetries
+	}
+	if r.InitialInterval == 0 {
+		r.InitialInterval = base.InitialInterval
+	}
+	if r.MaxInterval == 0 {
+		r.MaxInterval = base.MaxInterval
+	}
+	if r.Multiplier == 0 {
+		r.Multiplier = base.Multiplier
+	}
+	return r
+}
+
+// Brokers returns the addresses the daemon's clients connect to: the
+// external brokers, or the embedded broker's listen address.
+func (c Config) Brokers() []string {
+	if c.Kafka.Embedded.Enabled {
+		return []string{c.Kafka.Embedded.Listen}
+	}
+	return c.Kafka.Brokers
+}
+
+// Validate reports the first problem in c, naming its key.
+func (c Config) Validate() error {
+	return errors.Join(c.Problems()...)
+}
+
+// Problems lists every problem in c, each naming its key.
+func (c Config) Problems() []error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	k := c.Kafka
+	switch {
+	case k.Embedded.Enabled:
+		if _, _, err := net.SplitHostPort(k.Embedded.Listen); err != nil {
+			add("kafka.embedded.listen", "%q is not host:port", k.Embedded.Listen)
+		}
+		if k.Embedded.Partitions < 1 {
+			add("kafka.embedded.partitions", "must be at least 1, got %d", k.Embedded.Partitions)
+		}
+		if k.Embedded.Retention <= 0 {
+			add("kafka.embedded.retention", "must be positive, got %s", k.Embedded.Retention)
+		}
+		if k.Embedded.RetentionCheckInterval <= 0 {
+			add("kafka.embedded.retention_check_interval", "must be positive, got %s", k.Embedded.RetentionCheckInterval)
+		}
+	case len(k.Brokers) == 0:
+		add("kafka.brokers", "is empty and kafka.embedded.enabled is false; set one or the other, or %s", BrokersEnv)
+	}
+	for i, b := range k.Brokers {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			add(fmt.Sprintf("kafka.brokers[%d]", i), "%q is not host:port", b)
+		}
+	}
+	if _, err := sarama.ParseKafkaVersion(k.Version); err != nil {
+		add("kafka.version", "%q is not a Kafka version such as 3.6.0", k.Version)
+	}
+	if k.ClientID == "" {
+		add("kafka.client_id", "is empty")
+	}
+	if k.DialTimeout <= 0 {
+		add("kafka.dial_timeout", "must be positive, got %s", k.DialTimeout)
+	}
+	if c.Router.ShutdownTimeout <= 0 {
+		add("router.shutdown_timeout", "must be positive, got %s", c.Router.ShutdownTimeout)
+	}
+	errs = append(errs, c.Retry.problems("retry")...)
+	switch c.Notifier.Kind {
+	case "log":
+	default:
+		add("notifier.kind", "unknown notifier %q; known: log", c.Notifier.Kind)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+
+	if len(c.Routes) == 0 {
+		add("routes", "is empty; the router needs at least one route")
+	}
+	names := map[string]int{}
+	for i, r := range c.Routes {
+		key := fmt.Sprintf("routes[%d]", i)
+		if r.Handler == "" {
+			add(key+".handler", "is missing")
+		}
+		if r.SubscribeTopic == "" {
+			add(key+".subscribe_topic", "is missing")
+		}
+		if r.ConsumerGroup == "" {
+			add(key+".consumer_group", "is missing")
+		}
+		if r.PoisonTopic != "" && r.PoisonTopic == r.SubscribeTopic {
+			add(key+".poison_topic", "must differ from subscribe_topic %q", r.SubscribeTopic)
+		}
+		if r.PublishTopic != "" && r.PublishTopic == r.SubscribeTopic {
+			add(key+".publish_topic", "must differ from subscribe_topic %q", r.SubscribeTopic)
+		}
+		if j, ok := names[r.Name]; ok && r.Name != "" {
+			add(key+".name", "%q is already the name of routes[%d]", r.Name, j)
+		}
+		names[r.Name] = i
+		errs = append(errs, r.Retry.problems(key+".retry")...)
+	}
+	return errs
+}
+
+func (r Retry) problems(key string) []error {
+	var errs []error
+	add := func(sub, format string, args ...any) {
+		errs = append(errs, &KeyError{Key: key + "." + sub, Msg: fmt.Sprintf(format, args...)})
+	}
+	if r.MaxRetries != nil && *r.MaxRetries < 0 {
+		add("max_retries", "must not be negative, got %d", *r.MaxRetries)
+	}
+	if r.InitialInterval < 0 {
+		add("initial_interval", "must not be negative, got %s", r.InitialInterval)
+	}
+	if r.MaxInterval < 0 {
+		add("max_interval", "must not be negative, got %s", r.MaxInterval)
+	}
+	if r.MaxInterval > 0 && r.InitialInterval > r.MaxInterval {
+		add("initial_interval", "%s is above max_interval %s", r.InitialInterval, r.MaxInterval)
+	}
+	if r.Multiplier != 0 && r.Multiplier < 1 {
+		add("multiplier", "must be at least 1, got %g", r.Multiplier)
+	}
+	return errs
+}
+
+// KeyError is a problem with the value of one configuration key.
+type KeyError struct {
+	// Key is the key's path, such as "routes[0].subscribe_topic".
+	Key string
+	// Msg says what is wrong with it.
+	Msg string
+}
+
+func (e *KeyError) Error() string { return "config: " + e.Key + ": " + e.Msg }
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}

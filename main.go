@@ -1,0 +1,19 @@
+// Command eventrouter is a daemon that turns Kafka events into actions.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/eventrouter/eventrouter/app"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return app.Main(ctx, os.Args[1:], app.OSEnv())
+}

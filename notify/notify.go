@@ -1,0 +1,43 @@
+// Package notify delivers notifications to users.
+package notify
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/eventrouter/eventrouter/events"
+)
+
+// Message is one notification to one user.
+type Message struct {
+	// Template names the content, such as "welcome".
+	Template string
+	// UserID is the user the notification is for.
+	UserID events.UserID
+	// Email is the address it goes to.
+	Email string
+	// EventID identifies the event that caused it.
+	EventID string
+}
+
+// Log is a notifier that writes one structured log line per notification
+// instead of delivering it. It is the default, for development.
+type Log struct {
+	// Logger receives the lines.
+	Logger *slog.Logger
+}
+
+// Channel returns "log".
+func (Log) Channel() string { return "log" }
+
+// Send writes the notification as one log line.
+func (l Log) Send(ctx context.Context, m Message) error {
+	l.Logger.LogAttrs(ctx, slog.LevelInfo, "notification sent",
+		slog.String("channel", "log"),
+		slog.String("template", m.Template),
+		slog.String("user_id", m.UserID.String()),
+		slog.String("email", m.Email),
+		slog.String("event_id", m.EventID),
+	)
+	return nil
+}
