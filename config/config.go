@@ -308,6 +308,13 @@ func (c Config) Problems() []error {
 		if r.SubscribeTopic == "" {
 			add(key+".subscribe_topic", "is missing")
 		}
+		for _, t := range [...]struct{ key, name string }{
+			{"subscribe_topic", r.SubscribeTopic}, {"publish_topic", r.PublishTopic}, {"poison_topic", r.PoisonTopic},
+		} {
+			if t.name != "" && !validTopic(t.name) {
+				add(key+"."+t.key, "%q is not a Kafka topic name (at most 249 of a-z, A-Z, 0-9, '.', '_', '-')", t.name)
+			}
+		}
 		if r.ConsumerGroup == "" {
 			add(key+".consumer_group", "is missing")
 		}
@@ -358,6 +365,19 @@ type KeyError struct {
 }
 
 func (e *KeyError) Error() string { return "config: " + e.Key + ": " + e.Msg }
+
+// validTopic reports whether Kafka accepts name as a topic name.
+func validTopic(name string) bool {
+	if len(name) > 249 || name == "." || name == ".." {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 func splitList(s string) []string {
 	var out []string

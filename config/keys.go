@@ -10,7 +10,10 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-var lineRef = regexp.MustCompile(`^line (\d+): `)
+var (
+	lineRef      = regexp.MustCompile(`^line (\d+): `)
+	unknownField = regexp.MustCompile(`^field \S+ not found in type \S+$`)
+)
 
 // decodeError turns the YAML library's error into one line that names the
 // key path of every problem, as in
@@ -29,8 +32,12 @@ func decodeError(raw []byte, err error) error {
 	for _, msg := range typeErr.Errors {
 		if m := lineRef.FindStringSubmatch(msg); m != nil {
 			line, _ := strconv.Atoi(m[1])
+			rest := msg[len(m[0]):]
+			if unknownField.MatchString(rest) {
+				rest = "unknown key"
+			}
 			if path, ok := paths[line]; ok {
-				msg = fmt.Sprintf("line %d: %s: %s", line, path, msg[len(m[0]):])
+				msg = fmt.Sprintf("line %d: %s: %s", line, path, rest)
 			}
 		}
 		msgs = append(msgs, msg)
@@ -58,7 +65,7 @@ func collectPaths(n *yaml.Node, prefix string, paths map[int]string) {
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
 			path := fmt.Sprintf("%s[%d]", prefix, i)
-			if _, ok := paths[c.Line]; !ok || c.Kind == yaml.ScalarNode {
+			if _, ok := paths[c.Line]; !ok {
 				paths[c.Line] = path
 			}
 			collectPaths(c, path, paths)

@@ -1,0 +1,260 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/notify"
+)
+
+// route is the topics of one test's notification route.
+type route struct {
+	in, out, poison, group string
+}
+
+func newRoute() route {
+	in := kafkatest.Topic("user-registered")
+	return route{in: in, out: in + ".sent", poison: in + ".poison", group: in + "-group"}
+}
+
+// testConfig loads a config through the same path as the daemon, with
+// short retry intervals.
+func testConfig(t *testing.T, brokers []string, r route, extra string) config.Config {
+	t.Helper()
+	raw := fmt.Sprintf(`
+kafka:
+  brokers: [%s]
+router:
+  shutdown_timeout: 20s
+retry:
+  max_retries: 3
+  initial_interval: 10ms
+  max_interval: 50ms
+routes:
+  - name: welcome
+    handler: notification
+    subscribe_topic: %s
+    consumer_group: %s
+    publish_topic: %s
+%s`, strings.Join(brokers, ","), r.in, r.group, r.out, extra)
+	cfg, err := config.Parse([]byte(raw), func(string) string { return "" })
+	if err != nil {
+		t.Fatalf("config.Parse: %v", err)
+	}
+	return cfg
+}
+
+// syncBuffer is a log sink that tests read while the daemon writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// running is a daemon started by startDaemon.
+type running struct {
+	stop func() error
+	logs *syncBuffer
+}
+
+// startDaemon runs a daemon until stop is called or the test ends. Its log
+// is printed if the test fails.
+func startDaemon(t *testing.T, cfg config.Config, opts app.Options) running {
+	t.Helper()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	d, err := app.New(cfg, logger, opts)
+	if err != nil {
+		t.Fatalf("app.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case <-d.Running():
+	case err := <-done:
+		cancel()
+		t.Fatalf("daemon stopped before running: %v\n%s", err, logs)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatalf("daemon not running after 30s\n%s", logs)
+	}
+	var once sync.Once
+	var stopErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(60 * time.Second):
+				stopErr = errors.New("daemon did not stop within 60s")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("daemon stop: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", logs)
+		}
+	})
+	return running{stop: stop, logs: logs}
+}
+
+// recorder is a notifier that records what it sends and can fail, panic or
+// block on demand.
+type recorder struct {
+	mu    sync.Mutex
+	calls int
+	sent  []notify.Message
+	// before, if set, runs before each send with the 1-based call number;
+	// an error it returns fails that send.
+	before func(call int) error
+}
+
+func (r *recorder) Channel() string { return "test" }
+
+func (r *recorder) Send(_ context.Context, m notify.Message) error {
+	r.mu.Lock()
+	r.calls++
+	call := r.calls
+	before := r.before
+	r.mu.Unlock()
+	if before != nil {
+		if err := before(call); err != nil {
+			return err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, m)
+	return nil
+}
+
+func (r *recorder) Calls() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls
+}
+
+func (r *recorder) Sent() []notify.Message {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]notify.Message(nil), r.sent...)
+}
+
+// count returns how many records topic holds, from its offsets.
+func count(t *testing.T, brokers []string, topic string) int64 {
+	t.Helper()
+	client, err := sarama.NewClient(brokers, kafkatest.Config())
+	if err != nil {
+		t.Fatalf("connect to %v: %v", brokers, err)
+	}
+	defer client.Close()
+	partitions, err := client.Partitions(topic)
+	if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("partitions of %s: %v", topic, err)
+	}
+	var n int64
+	for _, p := range partitions {
+		newest, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatalf("newest offset of %s/%d: %v", topic, p, err)
+		}
+		oldest, err := client.GetOffset(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			t.Fatalf("oldest offset of %s/%d: %v", topic, p, err)
+		}
+		n += newest - oldest
+	}
+	return n
+}
+
+// waitFor polls cond every 20ms until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func event(userID any, email string) kafkatest.Record {
+	var id string
+	switch v := userID.(type) {
+	case string:
+		id = fmt.Sprintf("%q", v)
+	default:
+		id = fmt.Sprint(v)
+	}
+	return kafkatest.Record{
+		Key:   []byte(strings.Trim(id, `"`)),
+		Value: []byte(fmt.Sprintf(`{"user_id": %s, "email": %q}`, id, email)),
+	}
+}
+
+type int64counter struct {
+	mu sync.Mutex
+	n  int64
+}
+
+func (c *int64counter) add(d int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n += d
+}
+
+func (c *int64counter) get() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// committed returns the group's committed offset of topic/partition, or -1.
+func committed(t *testing.T, brokers []string, group, topic string, partition int32) int64 {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin(brokers, kafkatest.Config())
+	if err != nil {
+		t.Fatalf("connect admin to %v: %v", brokers, err)
+	}
+	defer admin.Close()
+	resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {partition}})
+	if err != nil {
+		t.Fatalf("offsets of group %s: %v", group, err)
+	}
+	if b := resp.GetBlock(topic, partition); b != nil {
+		return b.Offset
+	}
+	return -1
+}

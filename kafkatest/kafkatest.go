@@ -1,0 +1,219 @@
+// Package kafkatest gives tests real Kafka brokers to run against: an
+// embedded kfake broker always, and the Apache Kafka broker named by
+// EVENTROUTER_TEST_BROKERS when it is set.
+package kafkatest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/eventrouter/eventrouter/broker"
+	"github.com/eventrouter/eventrouter/config"
+)
+
+// BrokersEnv names the variable that points tests at a real Kafka broker.
+const BrokersEnv = "EVENTROUTER_TEST_BROKERS"
+
+// Target is one broker a test runs against.
+type Target struct {
+	// Name is "embedded" or "kafka".
+	Name string
+	// Brokers are the bootstrap addresses.
+	Brokers []string
+}
+
+// Each runs fn as a subtest against every available broker: a fresh
+// embedded broker, and the real one when EVENTROUTER_TEST_BROKERS is set.
+// Under CI=true a missing real broker fails the test rather than skipping.
+func Each(t *testing.T, fn func(t *testing.T, target Target)) {
+	t.Helper()
+	t.Run("embedded", func(t *testing.T) {
+		fn(t, Target{Name: "embedded", Brokers: []string{Embedded(t)}})
+	})
+	t.Run("kafka", func(t *testing.T) {
+		fn(t, Target{Name: "kafka", Brokers: Real(t)})
+	})
+}
+
+// Real returns the real broker's addresses, or skips the test when none is
+// configured (fails it under CI=true).
+func Real(t *testing.T) []string {
+	t.Helper()
+	list := os.Getenv(BrokersEnv)
+	if list == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not set; CI runs every integration test on a real Kafka broker (make test starts one)", BrokersEnv)
+		}
+		t.Skipf("%s is not set; run make test to start a real Kafka broker", BrokersEnv)
+	}
+	return strings.Split(list, ",")
+}
+
+// Embedded starts a kfake broker on a free port for the rest of the test
+// and returns its address. Auto-created topics get one partition, as on
+// Apache Kafka.
+func Embedded(t testing.TB) string {
+	t.Helper()
+	return EmbeddedWith(t, 1)
+}
+
+// EmbeddedWith is Embedded with partitions partitions per auto-created
+// topic.
+func EmbeddedWith(t testing.TB, partitions int) string {
+	t.Helper()
+	cfg := config.Defaults().Kafka.Embedded
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Partitions = partitions
+	b, err := broker.Start(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("start embedded broker: %v", err)
+	}
+	t.Cleanup(b.Close)
+	return b.Addr()
+}
+
+// Topic returns a topic name unique to this run, so tests can share a
+// long-lived broker.
+func Topic(base string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return base + "-" + hex.EncodeToString(b)
+}
+
+// Config returns a sarama config that speaks the same protocol version as
+// the daemon.
+func Config() *sarama.Config {
+	c := sarama.NewConfig()
+	c.Version, _ = sarama.ParseKafkaVersion(config.Defaults().Kafka.Version)
+	c.ClientID = "kafkatest"
+	c.Producer.Return.Successes = true
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	return c
+}
+
+// CreateTopic creates topic with partitions partitions.
+func CreateTopic(t testing.TB, brokers []string, topic string, partitions int32) {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin(brokers, Config())
+	if err != nil {
+		t.Fatalf("connect admin to %v: %v", brokers, err)
+	}
+	defer admin.Close()
+	err = admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: 1}, false)
+	if err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+}
+
+// Record is a record to produce.
+type Record struct {
+	Key     []byte
+	Value   []byte
+	Headers map[string]string
+}
+
+// Produce writes records to topic, in order, and fails the test on error.
+func Produce(t testing.TB, brokers []string, topic string, records ...Record) {
+	t.Helper()
+	p, err := sarama.NewSyncProducer(brokers, Config())
+	if err != nil {
+		t.Fatalf("connect producer to %v: %v", brokers, err)
+	}
+	defer p.Close()
+	msgs := make([]*sarama.ProducerMessage, 0, len(records))
+	for _, r := range records {
+		m := &sarama.ProducerMessage{Topic: topic}
+		if r.Key != nil {
+			m.Key = sarama.ByteEncoder(r.Key)
+		}
+		if r.Value != nil {
+			m.Value = sarama.ByteEncoder(r.Value)
+		}
+		for k, v := range r.Headers {
+			m.Headers = append(m.Headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+		}
+		msgs = append(msgs, m)
+	}
+	if err := p.SendMessages(msgs); err != nil {
+		t.Fatalf("produce %d records to %s: %v", len(records), topic, err)
+	}
+}
+
+// Consume reads topic from the start until it has n records or timeout
+// passes, and returns what it read. It waits for the topic to exist.
+func Consume(t testing.TB, brokers []string, topic string, n int, timeout time.Duration) []*sarama.ConsumerMessage {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	client, err := sarama.NewClient(brokers, Config())
+	if err != nil {
+		t.Fatalf("connect consumer to %v: %v", brokers, err)
+	}
+	defer client.Close()
+
+	var partitions []int32
+	for {
+		_ = client.RefreshMetadata(topic)
+		partitions, err = client.Partitions(topic)
+		if err == nil && len(partitions) > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	consumer, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	defer consumer.Close()
+	out := make(chan *sarama.ConsumerMessage)
+	for _, p := range partitions {
+		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			t.Fatalf("consume %s/%d: %v", topic, p, err)
+		}
+		defer pc.AsyncClose()
+		go func() {
+			for m := range pc.Messages() {
+				select {
+				case out <- m:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	var got []*sarama.ConsumerMessage
+	for len(got) < n {
+		select {
+		case m := <-out:
+			got = append(got, m)
+		case <-ctx.Done():
+			return got
+		}
+	}
+	return got
+}
+
+// Header returns the value of the record's header key, and whether it has
+// one.
+func Header(m *sarama.ConsumerMessage, key string) (string, bool) {
+	for _, h := range m.Headers {
+		if string(h.Key) == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
