@@ -1,0 +1,127 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/kafkatest"
+)
+
+// tool returns the path of a client nobody here wrote, or skips the test
+// when it is missing (fails it under CI=true: make test installs it).
+func tool(t *testing.T, path, check string, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath(path); err == nil {
+		if check == "" || exec.Command(path, args...).Run() == nil {
+			return path
+		}
+	}
+	msg := fmt.Sprintf("%s %s is not installed (scripts/deps.sh installs it)", path, check)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+func runTool(t *testing.T, stdin string, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// TestSeedProducer runs the seed article's confluent-kafka producer as it
+// is; only its bootstrap address is pointed at the broker under test.
+func TestSeedProducer(t *testing.T) {
+	python := tool(t, "/usr/bin/python3", "with confluent_kafka", "-c", "import confluent_kafka")
+	script, err := os.ReadFile("testdata/seed_producer.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		r := newRoute()
+		r.in = "user-registered" // the seed's topic is part of the script
+		cfg := testConfig(t, k.Brokers, r, "")
+		startDaemon(t, cfg, app.Options{Notifier: &recorder{}})
+
+		before := offsetOf(t, k.Brokers, r.in)
+		src := strings.Replace(string(script), "localhost:9092", k.Brokers[0], 1)
+		out := runTool(t, src, python, "-")
+		if !strings.Contains(out, "Message delivered to user-registered") {
+			t.Fatalf("seed producer printed %q; want a delivery report", out)
+		}
+		wantID := fmt.Sprintf("user-registered/0/%d", before)
+		found := waitForSent(t, k.Brokers, r.out, wantID)
+		if string(found.Key) != "123" || !strings.Contains(string(found.Value), `"user_id":123`) {
+			t.Errorf("notification-sent for the seed event = key %q value %s; want key 123 and user_id 123", found.Key, found.Value)
+		}
+	})
+}
+
+func TestKcatProducer(t *testing.T) {
+	kcat := tool(t, "kcat", "", "-V")
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		r := newRoute()
+		startDaemon(t, testConfig(t, k.Brokers, r, ""), app.Options{Notifier: &recorder{}})
+		runTool(t, "u1:{\"user_id\": \"u1\", \"email\": \"kcat@example.com\"}\nu2:{broken\n", kcat,
+			"-P", "-b", strings.Join(k.Brokers, ","), "-t", r.in, "-K", ":")
+
+		sent := waitForSent(t, k.Brokers, r.out, r.in+"/0/0")
+		if string(sent.Key) != "u1" {
+			t.Errorf("notification-sent key = %q; want u1", sent.Key)
+		}
+		poisoned := kafkatest.Consume(t, k.Brokers, r.poison, 1, consumeTimeout)
+		if len(poisoned) != 1 || string(poisoned[0].Key) != "u2" || string(poisoned[0].Value) != "{broken" {
+			t.Fatalf("poison topic = %d records; want the broken kcat record with its key u2", len(poisoned))
+		}
+	})
+}
+
+// offsetOf returns the next offset of partition 0 of topic.
+func offsetOf(t *testing.T, brokers []string, topic string) int64 {
+	t.Helper()
+	client, err := sarama.NewClient(brokers, kafkatest.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	off, err := client.GetOffset(topic, 0, sarama.OffsetNewest)
+	if err != nil {
+		return 0 // the topic does not exist yet
+	}
+	return off
+}
+
+// waitForSent returns the notification-sent record caused by event id.
+func waitForSent(t *testing.T, brokers []string, topic, id string) *sarama.ConsumerMessage {
+	t.Helper()
+	deadline := time.Now().Add(consumeTimeout)
+	for time.Now().Before(deadline) {
+		for _, rec := range kafkatest.Consume(t, brokers, topic, 1<<20, 2*time.Second) {
+			var ev struct {
+				SourceEventID string `json:"source_event_id"`
+			}
+			if json.Unmarshal(rec.Value, &ev) == nil && ev.SourceEventID == id {
+				return rec
+			}
+		}
+	}
+	t.Fatalf("no notification-sent for event %s in %s", id, topic)
+	return nil
+}

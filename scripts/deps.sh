@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond Go, Java and Maven: the outside
+# Kafka clients it checks the router against (kcat, and confluent-kafka for
+# the system Python that runs the seed's producer).
+set -euo pipefail
+
+missing=()
+command -v kcat >/dev/null || missing+=(kcat)
+/usr/bin/python3 -c 'import confluent_kafka' 2>/dev/null || missing+=(python3-confluent-kafka)
+((${#missing[@]} == 0)) && exit 0
+
+if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+  echo "deps.sh: please install these Debian packages: ${missing[*]} (tests that need them are skipped)" >&2
+  exit 0
+fi
+echo "deps.sh: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the outside clients, starts a real Kafka
+# broker unless one is running, runs every test against it and against the
+# embedded broker, and stops the broker if it started it.
+#
+# Extra arguments go to go test, e.g. scripts/test.sh -run TestSeed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+
+started=""
+if ! scripts/kafka.sh status >/dev/null 2>&1; then
+  scripts/kafka.sh start
+  started=yes
+fi
+cleanup() {
+  if [[ -n $started ]]; then scripts/kafka.sh stop; fi
+}
+trap cleanup EXIT
+
+export EVENTROUTER_TEST_BROKERS=${EVENTROUTER_TEST_BROKERS:-$(scripts/kafka.sh bootstrap)}
+echo "test.sh: real Kafka at $EVENTROUTER_TEST_BROKERS; embedded broker in-process"
+go vet ./...
+go test -count=1 -timeout 45m -v "$@" ./...
