@@ -82,7 +82,7 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitUsage
 	}
 	logger := newLogger(cfg.Log, env.Stderr)
-	d, err := New(cfg, logger, Options{})
+	d, err := New(cfg, logger, Options{Getenv: env.Getenv})
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter: %s\n", oneLine(err))
 		return ExitUsage

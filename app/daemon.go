@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,8 +22,9 @@ import (
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/drain"
 	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
-	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/retry"
 )
 
 // Headers that eventrouter adds to a poisoned record, beside Watermill's
@@ -41,6 +43,8 @@ type Options struct {
 	Notifier handlers.Notifier
 	// Now replaces time.Now.
 	Now func() time.Time
+	// Getenv replaces os.Getenv, for secrets named in the config.
+	Getenv func(string) string
 }
 
 // Daemon is the long-lived event router.
@@ -64,12 +68,53 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	}
 	deps := handlers.Deps{Notifier: opts.Notifier, Now: opts.Now}
 	if deps.Notifier == nil {
-		deps.Notifier = notify.Log{Logger: logger.With("component", "notifier")}
+		getenv := opts.Getenv
+		if getenv == nil {
+			getenv = os.Getenv
+		}
+		n, err := newNotifier(cfg.Notifier, getenv, logger)
+		if err != nil {
+			return nil, err
+		}
+		deps.Notifier = n
 	}
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
 	return &Daemon{cfg: cfg, logger: logger, registry: registry, deps: deps, running: make(chan struct{})}, nil
+}
+
+// newNotifier builds the configured notifier, reading its secret.
+func newNotifier(cfg config.Notifier, getenv func(string) string, logger *slog.Logger) (handlers.Notifier, error) {
+	if cfg.Kind == "log" {
+		return notify.Log{Logger: logger.With("component", "notifier")}, nil
+	}
+	templates, err := notify.LoadTemplates(cfg.Templates)
+	if err != nil {
+		return nil, &config.KeyError{Key: "notifier.templates", Msg: err.Error()}
+	}
+	s := cfg.SMTP
+	var password string
+	switch {
+	case s.PasswordEnv != "":
+		if password = getenv(s.PasswordEnv); password == "" {
+			return nil, &config.KeyError{Key: "notifier.smtp.password_env", Msg: fmt.Sprintf("environment variable %s is empty", s.PasswordEnv)}
+		}
+	case s.PasswordFile != "":
+		b, err := os.ReadFile(s.PasswordFile)
+		if err != nil {
+			return nil, &config.KeyError{Key: "notifier.smtp.password_file", Msg: err.Error()}
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	n, err := notify.NewSMTP(notify.SMTPConfig{
+		Host: s.Host, Port: s.Port, TLS: s.TLS, Username: s.Username, Password: password,
+		From: s.From, Timeout: s.Timeout,
+	}, templates)
+	if err != nil {
+		return nil, &config.KeyError{Key: "notifier.smtp", Msg: err.Error()}
+	}
+	return n, nil
 }
 
 // checkRoutes reports routes that name an unknown handler, or that lack a
@@ -113,15 +158,23 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 	}
 
+	l, err := ledger.Open(d.cfg.Ledger.Path)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := l.Close(); err != nil {
+			d.logger.Error("close ledger", "err", err)
+		}
+	}()
+	deps := d.deps
+	deps.Ledger = l
+
 	brokers := d.cfg.Brokers()
 	wlog := watermill.NewSlogLogger(d.logger.With("component", "watermill"))
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               brokers,
-		Marshaler:             record.Marshaler{},
-		OverwriteSaramaConfig: publisherConfig(d.cfg.Kafka),
-	}, wlog)
+	pub, err := newPublisher(d.cfg.Kafka, brokers, wlog)
 	if err != nil {
-		return fmt.Errorf("connect to kafka at %s: %w", strings.Join(brokers, ","), err)
+		return err
 	}
 	defer func() {
 		if err := pub.Close(); err != nil {
@@ -135,7 +188,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	gate := drain.New()
 	for _, r := range d.cfg.Routes {
-		if err := d.addRoute(router, r, brokers, pub, gate, wlog); err != nil {
+		if err := d.addRoute(router, r, routeDeps{brokers: brokers, pub: pub, gate: gate, ledger: l, handler: deps, wlog: wlog}); err != nil {
 			return fmt.Errorf("route %s: %w", r.Name, err)
 		}
 	}
@@ -182,45 +235,41 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return nil
 }
 
+// routeDeps are what every route shares.
+type routeDeps struct {
+	brokers []string
+	pub     message.Publisher
+	gate    *drain.Gate
+	ledger  *ledger.Ledger
+	handler handlers.Deps
+	wlog    watermill.LoggerAdapter
+}
+
 // addRoute subscribes a route's consumer group and adds its handler with
 // its middleware.
-func (d *Daemon) addRoute(
-	router *message.Router,
-	r config.Route,
-	brokers []string,
-	pub message.Publisher,
-	gate *drain.Gate,
-	wlog watermill.LoggerAdapter,
-) error {
-	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
-		Brokers:               brokers,
-		Unmarshaler:           record.Marshaler{},
-		OverwriteSaramaConfig: subscriberConfig(d.cfg.Kafka),
-		ConsumerGroup:         r.ConsumerGroup,
-		// Not a tracer: the hook lets the gate stand between sarama and
-		// the subscriber, for a stop that loses and repeats nothing.
-		Tracer: gate,
-	}, wlog)
+func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps) error {
+	sub, err := newSubscriber(d.cfg.Kafka, deps.brokers, r.ConsumerGroup, deps.gate, deps.wlog)
 	if err != nil {
-		return fmt.Errorf("create subscriber: %w", err)
+		return err
 	}
 
 	logger := d.logger.With("route", r.Name)
-	handle := d.registry[r.Handler].New(d.deps)
+	handle := d.registry[r.Handler].New(deps.handler)
 	// The router closes a handler's publisher when the handler stops; the
 	// publisher is shared, so the daemon closes it, last.
-	shared := unclosable{pub}
+	shared := unclosable{deps.pub}
 	var h *message.Handler
 	if r.PublishTopic == "" {
 		h = router.AddConsumerHandler(r.Name, r.SubscribeTopic, sub, func(msg *message.Message) error {
 			out, err := handle(msg)
 			if err == nil && len(out) > 0 {
-				err = handlers.Permanent(fmt.Errorf("handler %s produced %d events but the route has no publish_topic", r.Handler, len(out)))
+				err = retry.Permanent(fmt.Errorf("handler %s produced %d events but the route has no publish_topic", r.Handler, len(out)))
 			}
 			return err
 		})
 	} else {
-		h = router.AddHandler(r.Name, r.SubscribeTopic, sub, r.PublishTopic, shared, handle)
+		h = router.AddHandler(r.Name, r.SubscribeTopic, sub, r.PublishTopic,
+			ledgerPublisher{Publisher: shared, ledger: deps.ledger, logger: logger}, handle)
 	}
 
 	poison, err := middleware.PoisonQueueWithFilter(
@@ -233,25 +282,39 @@ func (d *Daemon) addRoute(
 	if err != nil {
 		return fmt.Errorf("poison queue: %w", err)
 	}
-	retry := middleware.Retry{
+	retrying := middleware.Retry{
 		MaxRetries:          *r.Retry.MaxRetries,
 		InitialInterval:     r.Retry.InitialInterval,
 		MaxInterval:         r.Retry.MaxInterval,
 		Multiplier:          r.Retry.Multiplier,
 		RandomizationFactor: 0.2,
-		ShouldRetry:         func(p middleware.RetryParams) bool { return !handlers.IsPermanent(p.Err) },
+		ShouldRetry:         func(p middleware.RetryParams) bool { return !retry.IsPermanent(p.Err) },
 		ResetContextOnRetry: true,
-		Logger:              wlog,
+		Logger:              deps.wlog,
+	}
+	breaker := &retry.Breaker{
+		MinWait: r.Retry.OutageInterval,
+		MaxWait: r.Retry.OutageMaxInterval,
+		OnChange: func(paused bool, cause error) {
+			if paused {
+				logger.Warn("route paused: a dependency is unavailable; retrying until it is back", "cause", cause.Error())
+			} else {
+				logger.Info("route resumed")
+			}
+		},
 	}
 	// The first middleware runs outermost:
 	//  1. poison queue sees only the final error, after retries, and parks
 	//     the record with the reason; a failed park leaves it un-acked;
 	//  2. retry backs off and retries transient errors, and lets permanent
 	//     ones through at once;
-	//  3. recoverer turns a panic into an error, so retry retries it;
-	//  4. correlation ID passes the consumed correlation ID on to the
+	//  3. breaker holds the message, and the whole route, while a
+	//     dependency is down, so an outage uses up no retries and poisons
+	//     nothing;
+	//  4. recoverer turns a panic into an error, so retry retries it;
+	//  5. correlation ID passes the consumed correlation ID on to the
 	//     produced events.
-	h.AddMiddleware(poison, retry.Middleware, middleware.Recoverer, correlationID)
+	h.AddMiddleware(poison, retrying.Middleware, breaker.Middleware, middleware.Recoverer, correlationID)
 	return nil
 }
 
@@ -275,6 +338,30 @@ type unclosable struct {
 }
 
 func (unclosable) Close() error { return nil }
+
+// ledgerPublisher marks a side effect's ledger entry published once the
+// event announcing it was published.
+type ledgerPublisher struct {
+	message.Publisher
+	ledger *ledger.Ledger
+	logger *slog.Logger
+}
+
+func (p ledgerPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.Publisher.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	for _, msg := range msgs {
+		if key, ok := ledger.KeyFrom(msg.Context()); ok {
+			if err := p.ledger.MarkPublished(key); err != nil {
+				// The event is out; at worst a redelivery publishes it
+				// again with the same UUID.
+				p.logger.Warn("could not mark notification published", "key", key, "err", err)
+			}
+		}
+	}
+	return nil
+}
 
 // poisonPublisher adds where a poisoned record came from, and logs each
 // record it parks.

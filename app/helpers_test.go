@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -36,6 +37,8 @@ func testConfig(t *testing.T, brokers []string, r route, extra string) config.Co
 	raw := fmt.Sprintf(`
 kafka:
   brokers: [%s]
+ledger:
+  path: %s
 router:
   shutdown_timeout: 20s
 retry:
@@ -48,7 +51,7 @@ routes:
     subscribe_topic: %s
     consumer_group: %s
     publish_topic: %s
-%s`, strings.Join(brokers, ","), r.in, r.group, r.out, extra)
+%s`, strings.Join(brokers, ","), filepath.Join(t.TempDir(), "ledger.db"), r.in, r.group, r.out, extra)
 	cfg, err := config.Parse([]byte(raw), func(string) string { return "" })
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)

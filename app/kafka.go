@@ -1,11 +1,17 @@
 package app
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/drain"
+	"github.com/eventrouter/eventrouter/record"
 )
 
 // saramaConfig returns the client settings shared by every Kafka client the
@@ -42,4 +48,39 @@ func publisherConfig(cfg config.Kafka) *sarama.Config {
 	c.Producer.Retry.Max = 10
 	c.Producer.Retry.Backoff = 250 * time.Millisecond
 	return c
+}
+
+// newPublisher connects the publisher of produced events and poisoned
+// records.
+func newPublisher(cfg config.Kafka, brokers []string, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               brokers,
+		Marshaler:             record.Marshaler{},
+		OverwriteSaramaConfig: publisherConfig(cfg),
+	}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("connect to kafka at %s: %w", strings.Join(brokers, ","), err)
+	}
+	return pub, nil
+}
+
+// newSubscriber makes the subscriber of one consumer group. It connects
+// when it subscribes.
+func newSubscriber(cfg config.Kafka, brokers []string, group string, gate *drain.Gate, logger watermill.LoggerAdapter) (*kafka.Subscriber, error) {
+	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+		Brokers:               brokers,
+		Unmarshaler:           record.Marshaler{},
+		OverwriteSaramaConfig: subscriberConfig(cfg),
+		ConsumerGroup:         group,
+		// Not a tracer: the hook lets the gate stand between sarama and
+		// the subscriber, for a stop that loses and repeats nothing.
+		Tracer: gate,
+		// For SubscribeInitialize: the broker's default partitions and
+		// replication factor.
+		InitializeTopicDetails: &sarama.TopicDetail{NumPartitions: -1, ReplicationFactor: -1},
+	}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("create subscriber for group %s: %w", group, err)
+	}
+	return sub, nil
 }

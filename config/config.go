@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/mail"
 	"os"
 	"strings"
 	"time"
@@ -32,6 +33,9 @@ type Config struct {
 	Retry Retry `yaml:"retry"`
 	// Notifier chooses how notification handlers deliver notifications.
 	Notifier Notifier `yaml:"notifier"`
+	// Ledger is where sent notifications are recorded, so that each is
+	// sent once.
+	Ledger Ledger `yaml:"ledger"`
 	// Log chooses the log format and level.
 	Log Log `yaml:"log"`
 	// Routes lists what the router consumes, which handler runs, and where
@@ -93,13 +97,54 @@ type Retry struct {
 	MaxInterval time.Duration `yaml:"max_interval"`
 	// Multiplier grows the wait after each retry.
 	Multiplier float64 `yaml:"multiplier"`
+	// OutageInterval is the first pause of the whole route when a
+	// dependency (such as the mail server) is down. Outages use up no
+	// retries and poison nothing; the route waits until one attempt
+	// gets through.
+	OutageInterval time.Duration `yaml:"outage_interval"`
+	// OutageMaxInterval caps the pause between attempts during an outage.
+	OutageMaxInterval time.Duration `yaml:"outage_max_interval"`
 }
 
 // Notifier chooses the notification channel.
 type Notifier struct {
 	// Kind is the notifier to use: "log" writes one structured log line
-	// per notification.
+	// per notification; "smtp" sends email.
 	Kind string `yaml:"kind"`
+	// SMTP configures the "smtp" notifier.
+	SMTP SMTP `yaml:"smtp"`
+	// Templates is a directory whose files replace the built-in templates
+	// of the same name (welcome.subject.tmpl, welcome.txt.tmpl,
+	// welcome.html.tmpl).
+	Templates string `yaml:"templates"`
+}
+
+// SMTP says how to reach the mail server.
+type SMTP struct {
+	// Host is the server's host name or address.
+	Host string `yaml:"host"`
+	// Port is the server's port.
+	Port int `yaml:"port"`
+	// TLS is "starttls" (required), "implicit" (TLS from the first byte,
+	// as on port 465) or "none".
+	TLS string `yaml:"tls"`
+	// Username turns authentication on.
+	Username string `yaml:"username"`
+	// PasswordEnv names the environment variable holding the password.
+	PasswordEnv string `yaml:"password_env"`
+	// PasswordFile is a file holding the password (trailing newline
+	// ignored), such as a mounted secret.
+	PasswordFile string `yaml:"password_file"`
+	// From is the sender, such as "Example <noreply@example.com>".
+	From string `yaml:"from"`
+	// Timeout bounds one delivery.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Ledger configures the side-effect ledger.
+type Ledger struct {
+	// Path is the ledger file (bbolt). Each instance needs its own.
+	Path string `yaml:"path"`
 }
 
 // Log configures logging.
@@ -152,8 +197,12 @@ func Defaults() Config {
 			InitialInterval: 100 * time.Millisecond,
 			MaxInterval:     10 * time.Second,
 			Multiplier:      2,
+
+			OutageInterval:    time.Second,
+			OutageMaxInterval: 30 * time.Second,
 		},
-		Notifier: Notifier{Kind: "log"},
+		Notifier: Notifier{Kind: "log", SMTP: SMTP{Port: 587, TLS: "starttls", Timeout: 30 * time.Second}},
+		Ledger:   Ledger{Path: "data/ledger.db"},
 		Log:      Log{Format: "text", Level: "info"},
 	}
 }
@@ -220,6 +269,12 @@ func (r Retry) Over(base Retry) Retry {
 	if r.Multiplier == 0 {
 		r.Multiplier = base.Multiplier
 	}
+	if r.OutageInterval == 0 {
+		r.OutageInterval = base.OutageInterval
+	}
+	if r.OutageMaxInterval == 0 {
+		r.OutageMaxInterval = base.OutageMaxInterval
+	}
 	return r
 }
 
@@ -282,8 +337,13 @@ func (c Config) Problems() []error {
 	errs = append(errs, c.Retry.problems("retry")...)
 	switch c.Notifier.Kind {
 	case "log":
+	case "smtp":
+		errs = append(errs, c.Notifier.SMTP.problems("notifier.smtp")...)
 	default:
-		add("notifier.kind", "unknown notifier %q; known: log", c.Notifier.Kind)
+		add("notifier.kind", "unknown notifier %q; known: log, smtp", c.Notifier.Kind)
+	}
+	if c.Ledger.Path == "" {
+		add("ledger.path", "is empty")
 	}
 	switch c.Log.Format {
 	case "text", "json":
@@ -352,6 +412,43 @@ func (r Retry) problems(key string) []error {
 	}
 	if r.Multiplier != 0 && r.Multiplier < 1 {
 		add("multiplier", "must be at least 1, got %g", r.Multiplier)
+	}
+	if r.OutageInterval < 0 {
+		add("outage_interval", "must not be negative, got %s", r.OutageInterval)
+	}
+	if r.OutageMaxInterval > 0 && r.OutageInterval > r.OutageMaxInterval {
+		add("outage_interval", "%s is above outage_max_interval %s", r.OutageInterval, r.OutageMaxInterval)
+	}
+	return errs
+}
+
+func (s SMTP) problems(key string) []error {
+	var errs []error
+	add := func(sub, format string, args ...any) {
+		errs = append(errs, &KeyError{Key: key + "." + sub, Msg: fmt.Sprintf(format, args...)})
+	}
+	if s.Host == "" {
+		add("host", "is missing")
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		add("port", "must be 1 to 65535, got %d", s.Port)
+	}
+	switch s.TLS {
+	case "starttls", "implicit", "none":
+	default:
+		add("tls", "must be starttls, implicit or none, got %q", s.TLS)
+	}
+	if _, err := mail.ParseAddress(s.From); err != nil {
+		add("from", "%q is not an address", s.From)
+	}
+	if s.PasswordEnv != "" && s.PasswordFile != "" {
+		add("password_file", "set password_env or password_file, not both")
+	}
+	if (s.PasswordEnv != "" || s.PasswordFile != "") && s.Username == "" {
+		add("username", "is missing; a password needs a username")
+	}
+	if s.Timeout <= 0 {
+		add("timeout", "must be positive, got %s", s.Timeout)
 	}
 	return errs
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/notify"
 	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/retry"
 )
 
 type fakeNotifier struct {
@@ -79,7 +80,7 @@ func TestNotificationHandleErrors(t *testing.T) {
 		{"invalid event", `{"user_id": 1}`, nil, true},
 		{"not json", `nope`, nil, true},
 		{"transient notifier failure", `{"user_id": 1, "email": "a@b.co"}`, errors.New("connection refused"), false},
-		{"permanent notifier failure", `{"user_id": 1, "email": "a@b.co"}`, handlers.Permanent(errors.New("550 no such user")), true},
+		{"permanent notifier failure", `{"user_id": 1, "email": "a@b.co"}`, retry.Permanent(errors.New("550 no such user")), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,7 +89,7 @@ func TestNotificationHandleErrors(t *testing.T) {
 			if err == nil || out != nil {
 				t.Fatalf("Handle(%q) = %v, %v; want no messages and an error", tt.payload, out, err)
 			}
-			if got := handlers.IsPermanent(err); got != tt.wantPermanent {
+			if got := retry.IsPermanent(err); got != tt.wantPermanent {
 				t.Errorf("IsPermanent(Handle(%q)) = %v (%v); want %v", tt.payload, got, err, tt.wantPermanent)
 			}
 		})

@@ -13,6 +13,8 @@ import (
 type Deps struct {
 	// Notifier delivers notifications.
 	Notifier Notifier
+	// Ledger records notifications that went out.
+	Ledger Ledger
 	// Now returns the current time.
 	Now func() time.Time
 }
@@ -30,7 +32,7 @@ type Spec struct {
 // Adding a handler is one line here and a route in the YAML.
 func Registry() map[string]Spec {
 	return map[string]Spec{
-		"notification": {New: func(d Deps) message.HandlerFunc { return Notification{Notifier: d.Notifier, Now: d.Now}.Handle }, Publishes: true},
+		"notification": {New: func(d Deps) message.HandlerFunc { return Notification{Notifier: d.Notifier, Ledger: d.Ledger, Now: d.Now}.Handle }, Publishes: true},
 	}
 }
 

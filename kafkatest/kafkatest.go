@@ -112,6 +112,24 @@ func CreateTopic(t testing.TB, brokers []string, topic string, partitions int32)
 	if err != nil {
 		t.Fatalf("create topic %s: %v", topic, err)
 	}
+	// Wait until every partition has a leader, as clients see it.
+	client, err := sarama.NewClient(brokers, Config())
+	if err != nil {
+		t.Fatalf("connect to %v: %v", brokers, err)
+	}
+	defer client.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for p := int32(0); p < partitions; {
+		_ = client.RefreshMetadata(topic)
+		if _, err := client.Leader(topic, p); err == nil {
+			p++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("topic %s partition %d has no leader after 30s", topic, p)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Record is a record to produce.
@@ -216,4 +234,56 @@ func Header(m *sarama.ConsumerMessage, key string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// Restartable is an embedded broker that a test can stop and start again on
+// the same address and data directory.
+type Restartable struct {
+	t    testing.TB
+	cfg  config.Embedded
+	addr string
+	b    *broker.Embedded
+}
+
+// NewRestartable starts a persistent embedded broker for the rest of the
+// test.
+func NewRestartable(t testing.TB) *Restartable {
+	t.Helper()
+	cfg := config.Defaults().Kafka.Embedded
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	r := &Restartable{t: t, cfg: cfg}
+	r.Start()
+	r.cfg.Listen = r.addr
+	t.Cleanup(func() {
+		if r.b != nil {
+			r.b.Close()
+		}
+	})
+	return r
+}
+
+// Addr returns the broker's address, which stays the same across restarts.
+func (r *Restartable) Addr() string { return r.addr }
+
+// Stop stops the broker.
+func (r *Restartable) Stop() {
+	r.b.Close()
+	r.b = nil
+}
+
+// Start starts the broker, retrying while the old listener's port is still
+// being released.
+func (r *Restartable) Start() {
+	r.t.Helper()
+	var err error
+	for range 50 {
+		r.b, err = broker.Start(r.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err == nil {
+			r.addr = r.b.Addr()
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.t.Fatalf("restart embedded broker: %v", err)
 }

@@ -18,6 +18,10 @@ type Message struct {
 	Email string
 	// EventID identifies the event that caused it.
 	EventID string
+	// Key identifies the notification itself: the same key is the same
+	// notification, however often it is sent. Channels that can, pass it on
+	// (an email's Message-ID) so that receivers can drop duplicates.
+	Key string
 }
 
 // Log is a notifier that writes one structured log line per notification

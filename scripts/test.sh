@@ -19,7 +19,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export EVENTROUTER_TEST_BROKERS=${EVENTROUTER_TEST_BROKERS:-$(scripts/kafka.sh bootstrap)}
+if [[ -z ${EVENTROUTER_TEST_BROKERS:-} ]]; then
+  export EVENTROUTER_TEST_BROKERS=$(scripts/kafka.sh bootstrap)
+  # Lets the broker-restart test stop and start this broker.
+  export EVENTROUTER_TEST_KAFKA_SCRIPT=$PWD/scripts/kafka.sh
+fi
 echo "test.sh: real Kafka at $EVENTROUTER_TEST_BROKERS; embedded broker in-process"
 go vet ./...
 go test -count=1 -timeout 45m -v "$@" ./...

@@ -1,0 +1,308 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/kafkatest"
+)
+
+// buildBinary builds the eventrouter command once per test.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "eventrouter")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/eventrouter/eventrouter").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// process is an `eventrouter run` child process.
+type process struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan error
+}
+
+func startProcess(t *testing.T, bin, configPath string, brokers []string) *process {
+	t.Helper()
+	p := &process{logs: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(bin, "run", "--config", configPath)
+	p.cmd.Env = append(os.Environ(), "EVENTROUTER_KAFKA_BROKERS="+strings.Join(brokers, ","),
+		"EVENTROUTER_TEST_LEDGER="+filepath.Join(t.TempDir(), "ledger.db"))
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.signal(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("eventrouter pid %d log tail:\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 40))
+		}
+	})
+	return p
+}
+
+func (p *process) signal(sig syscall.Signal) {
+	select {
+	case err := <-p.done:
+		p.done <- err
+	default:
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// stop sends SIGTERM and returns the exit error, bounded in time.
+func (p *process) stop(t *testing.T) error {
+	t.Helper()
+	p.signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(60 * time.Second):
+		p.signal(syscall.SIGKILL)
+		return fmt.Errorf("pid %d ignored SIGTERM for 60s", p.cmd.Process.Pid)
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sentCounter follows a notification-sent topic and counts records and
+// distinct source events.
+type sentCounter struct {
+	mu       sync.Mutex
+	total    int
+	distinct map[string]int
+}
+
+func followSent(t *testing.T, brokers []string, topic string) *sentCounter {
+	t.Helper()
+	c := &sentCounter{distinct: map[string]int{}}
+	client, err := sarama.NewClient(brokers, kafkatest.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumer, err := sarama.NewConsumerFromClient(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		consumer.Close()
+		wg.Wait()
+		client.Close()
+	})
+	partitions, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatalf("partitions of %s: %v", topic, err)
+	}
+	for _, p := range partitions {
+		// A new topic's partitions may not be served yet.
+		var pc sarama.PartitionConsumer
+		for try := 0; ; try++ {
+			if pc, err = consumer.ConsumePartition(topic, p, sarama.OffsetOldest); err == nil {
+				break
+			}
+			if try == 100 {
+				t.Fatalf("consume %s/%d: %v", topic, p, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+			_ = client.RefreshMetadata(topic)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer pc.AsyncClose()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m, ok := <-pc.Messages():
+					if !ok {
+						return
+					}
+					var ev struct {
+						SourceEventID string `json:"source_event_id"`
+					}
+					_ = json.Unmarshal(m.Value, &ev)
+					c.mu.Lock()
+					c.total++
+					c.distinct[ev.SourceEventID]++
+					c.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return c
+}
+
+func (c *sentCounter) counts() (total, distinct int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.total, len(c.distinct)
+}
+
+func writeConfig(t *testing.T, r route) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "eventrouter.yaml")
+	raw := fmt.Sprintf(`
+kafka:
+  brokers: [unused:9092]
+ledger:
+  path: ${EVENTROUTER_TEST_LEDGER}
+log:
+  level: warn
+routes:
+  - name: welcome
+    handler: notification
+    subscribe_topic: %s
+    consumer_group: %s
+    publish_topic: %s
+`, r.in, r.group, r.out)
+	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func produceEvents(t *testing.T, brokers []string, topic string, from, to int) {
+	t.Helper()
+	const batch = 500
+	for i := from; i < to; i += batch {
+		var recs []kafkatest.Record
+		for j := i; j < min(i+batch, to); j++ {
+			recs = append(recs, event(j, fmt.Sprintf("user%d@example.com", j)))
+		}
+		kafkatest.Produce(t, brokers, topic, recs...)
+	}
+}
+
+// TestScaleOutSurvivesSIGKILL runs three daemons in one consumer group on a
+// six-partition topic, kills one with SIGKILL mid-stream, and checks that
+// every event was still handled, reporting the duplicates.
+func TestScaleOutSurvivesSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three processes and sends 10,000 events")
+	}
+	bin := buildBinary(t)
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		const events = 10_000
+		r := newRoute()
+		kafkatest.CreateTopic(t, k.Brokers, r.in, 6)
+		kafkatest.CreateTopic(t, k.Brokers, r.out, 6)
+		path := writeConfig(t, r)
+		sent := followSent(t, k.Brokers, r.out)
+
+		procs := []*process{
+			startProcess(t, bin, path, k.Brokers),
+			startProcess(t, bin, path, k.Brokers),
+			startProcess(t, bin, path, k.Brokers),
+		}
+		produceEvents(t, k.Brokers, r.in, 0, events)
+
+		waitFor(t, 3*time.Minute, "a third of the events", func() bool { _, d := sent.counts(); return d >= events/3 })
+		victim := procs[0]
+		victim.signal(syscall.SIGKILL)
+		_, atKill := sent.counts()
+		t.Logf("SIGKILL pid %d after %d of %d events", victim.cmd.Process.Pid, atKill, events)
+
+		waitFor(t, 5*time.Minute, "every event handled", func() bool { _, d := sent.counts(); return d >= events })
+		for _, p := range procs[1:] {
+			if err := p.stop(t); err != nil {
+				t.Errorf("SIGTERM: %v", err)
+			}
+		}
+		total, distinct := sent.counts()
+		if distinct != events {
+			t.Errorf("%d distinct events handled; want %d", distinct, events)
+		}
+		fmt.Printf("scale-out on %s: 3 processes, 6 partitions, %d events, SIGKILL after %d: %d handled, %d distinct, %d duplicates\n",
+			k.Name, events, atKill, total, distinct, total-distinct)
+		if n := count(t, k.Brokers, r.poison); n != 0 {
+			t.Errorf("poison topic holds %d records; want 0", n)
+		}
+	})
+}
+
+// TestBrokerRestartMidStream stops the broker while the daemon consumes and
+// starts it again: the daemon reconnects by itself and loses nothing.
+func TestBrokerRestartMidStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts the broker")
+	}
+	t.Run("embedded", func(t *testing.T) {
+		b := kafkatest.NewRestartable(t)
+		testBrokerRestart(t, []string{b.Addr()}, b.Stop, b.Start)
+	})
+	t.Run("kafka", func(t *testing.T) {
+		brokers := kafkatest.Real(t)
+		script := os.Getenv("EVENTROUTER_TEST_KAFKA_SCRIPT")
+		if script == "" {
+			t.Skip("EVENTROUTER_TEST_KAFKA_SCRIPT is not set; make test sets it to scripts/kafka.sh")
+		}
+		run := func(arg string) func() {
+			return func() {
+				if out, err := exec.Command(script, arg).CombinedOutput(); err != nil {
+					t.Fatalf("%s %s: %v\n%s", script, arg, err, out)
+				}
+			}
+		}
+		testBrokerRestart(t, brokers, run("stop"), run("start"))
+	})
+}
+
+func testBrokerRestart(t *testing.T, brokers []string, stopBroker, startBroker func()) {
+	const events = 400
+	r := newRoute()
+	kafkatest.CreateTopic(t, brokers, r.out, 1)
+	sent := followSent(t, brokers, r.out)
+	cfg := testConfig(t, brokers, r, "")
+	notifier := &recorder{}
+	d := startDaemon(t, cfg, app.Options{Notifier: notifier})
+	produceEvents(t, brokers, r.in, 0, events/2)
+	waitFor(t, consumeTimeout, "the first half handled", func() bool { _, d := sent.counts(); return d >= events/2 })
+
+	stopBroker()
+	time.Sleep(3 * time.Second) // the daemon notices and keeps trying
+	startBroker()
+
+	produceEvents(t, brokers, r.in, events/2, events)
+	waitFor(t, 3*time.Minute, "every event handled after the restart", func() bool {
+		_, d := sent.counts()
+		return d >= events
+	})
+	if err := d.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	total, distinct := sent.counts()
+	if distinct != events {
+		t.Errorf("%d distinct events handled across the broker restart; want %d", distinct, events)
+	}
+	// Offsets marked in the last auto-commit interval before the broker
+	// went away are not committed, so those events come again.
+	fmt.Printf("broker restart: %d events, %d notification-sent, %d distinct, %d duplicates\n",
+		events, total, distinct, total-distinct)
+}

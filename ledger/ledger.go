@@ -1,0 +1,144 @@
+// Package ledger records side effects that must happen once per cause,
+// such as a welcome email per user, in an embedded durable store (bbolt).
+//
+// What it guarantees: an entry is written, and fsynced, right after the
+// side effect succeeded, before the message is acked. A crash after the
+// side effect and before that write (a window of one local disk write) can
+// repeat the side effect once; every other redelivery finds the entry and
+// skips it.
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var bucket = []byte("effects")
+
+// Entry says that a side effect happened, and what caused it.
+type Entry struct {
+	// EventID identifies the event that caused the side effect.
+	EventID string `json:"event_id"`
+	// Channel is how the side effect was carried out, such as "email".
+	Channel string `json:"channel"`
+	// SentAt is when it succeeded.
+	SentAt time.Time `json:"sent_at"`
+	// Published says that the event announcing it was published.
+	Published bool `json:"published"`
+}
+
+// Ledger is an open ledger file. It is safe for concurrent use.
+type Ledger struct {
+	db *bolt.DB
+}
+
+// Open opens or creates the ledger at path. Only one process can hold it;
+// a second fails after a second instead of waiting.
+func Open(path string) (*Ledger, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("create ledger directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open ledger %s: another process holds it (each instance needs its own ledger.path)", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open ledger %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucket)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init ledger %s: %w", path, err)
+	}
+	return &Ledger{db: db}, nil
+}
+
+// Close closes the file.
+func (l *Ledger) Close() error { return l.db.Close() }
+
+// Lookup returns the entry for key, if there is one.
+func (l *Ledger) Lookup(key string) (Entry, bool, error) {
+	var e Entry
+	var found bool
+	err := l.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucket).Get([]byte(key))
+		if raw == nil {
+			return nil
+		}
+		found = true
+		return json.Unmarshal(raw, &e)
+	})
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("ledger lookup %s: %w", key, err)
+	}
+	return e, found, nil
+}
+
+// Record stores e under key.
+func (l *Ledger) Record(key string, e Entry) error {
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode ledger entry: %w", err)
+	}
+	err = l.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).Put([]byte(key), raw)
+	})
+	if err != nil {
+		return fmt.Errorf("ledger record %s: %w", key, err)
+	}
+	return nil
+}
+
+// MarkPublished notes that the event announcing key's side effect was
+// published. A missing key is not an error.
+func (l *Ledger) MarkPublished(key string) error {
+	err := l.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		raw := b.Get([]byte(key))
+		if raw == nil {
+			return nil
+		}
+		var e Entry
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return err
+		}
+		if e.Published {
+			return nil
+		}
+		e.Published = true
+		updated, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(key), updated)
+	})
+	if err != nil {
+		return fmt.Errorf("ledger mark published %s: %w", key, err)
+	}
+	return nil
+}
+
+type keyContextKey struct{}
+
+// WithKey returns a context that carries the ledger key of the side effect
+// a produced message announces, so that whoever publishes the message can
+// mark the entry published.
+func WithKey(ctx context.Context, key string) context.Context {
+	return context.WithValue(ctx, keyContextKey{}, key)
+}
+
+// KeyFrom returns the ledger key WithKey put in ctx.
+func KeyFrom(ctx context.Context) (string, bool) {
+	key, ok := ctx.Value(keyContextKey{}).(string)
+	return key, ok
+}

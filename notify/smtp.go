@@ -1,0 +1,127 @@
+package notify
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/mail"
+	"strings"
+	"time"
+
+	gomail "github.com/wneessen/go-mail"
+
+	"github.com/eventrouter/eventrouter/retry"
+)
+
+// SMTPConfig says how to reach the mail server.
+type SMTPConfig struct {
+	// Host and Port address the server.
+	Host string
+	Port int
+	// TLS is "none", "starttls" (required) or "implicit" (TLS from the
+	// first byte, as on port 465).
+	TLS string
+	// Username and Password authenticate, when Username is set.
+	Username string
+	Password string
+	// From is the sender, such as "Example <noreply@example.com>".
+	From string
+	// Timeout bounds one delivery, from dialling to the server's reply.
+	Timeout time.Duration
+}
+
+// SMTP delivers notifications as email.
+type SMTP struct {
+	cfg       SMTPConfig
+	opts      []gomail.Option
+	domain    string
+	templates *Templates
+}
+
+// NewSMTP checks cfg and returns a notifier that dials the server for each
+// email. It makes no connection.
+func NewSMTP(cfg SMTPConfig, templates *Templates) (*SMTP, error) {
+	from, err := mail.ParseAddress(cfg.From)
+	if err != nil {
+		return nil, fmt.Errorf("smtp from %q: %w", cfg.From, err)
+	}
+	opts := []gomail.Option{gomail.WithPort(cfg.Port), gomail.WithTimeout(cfg.Timeout)}
+	switch cfg.TLS {
+	case "none":
+		opts = append(opts, gomail.WithTLSPolicy(gomail.NoTLS))
+	case "starttls":
+		opts = append(opts, gomail.WithTLSPolicy(gomail.TLSMandatory))
+	case "implicit":
+		opts = append(opts, gomail.WithSSL())
+	default:
+		return nil, fmt.Errorf("smtp tls %q: want none, starttls or implicit", cfg.TLS)
+	}
+	if cfg.Username != "" {
+		opts = append(opts, gomail.WithSMTPAuth(gomail.SMTPAuthAutoDiscover),
+			gomail.WithUsername(cfg.Username), gomail.WithPassword(cfg.Password))
+	}
+	domain := from.Address[strings.LastIndexByte(from.Address, '@')+1:]
+	return &SMTP{cfg: cfg, opts: opts, domain: domain, templates: templates}, nil
+}
+
+// Channel returns "email".
+func (*SMTP) Channel() string { return "email" }
+
+// Send renders m and delivers it. A refused connection, a timeout or a 421
+// reply is retry.Unavailable: the server is down, and the route waits for
+// it. Another 4xx reply is transient. A 5xx reply to the recipient or the
+// content is retry.Permanent, with the server's reply as the reason.
+func (s *SMTP) Send(ctx context.Context, m Message) error {
+	subject, text, html, err := s.templates.Render(m)
+	if err != nil {
+		return retry.Permanent(err)
+	}
+	msg := gomail.NewMsg()
+	if err := msg.From(s.cfg.From); err != nil {
+		return retry.Permanent(fmt.Errorf("smtp from: %w", err))
+	}
+	if err := msg.To(m.Email); err != nil {
+		return retry.Permanent(fmt.Errorf("recipient %q: %w", m.Email, err))
+	}
+	msg.Subject(subject)
+	msg.SetBodyString(gomail.TypeTextPlain, text)
+	msg.AddAlternativeString(gomail.TypeTextHTML, html)
+	msg.SetDate()
+	// The same notification always has the same Message-ID, so a copy sent
+	// again after a crash can be recognised as one.
+	sum := sha256.Sum256([]byte(m.Key))
+	msg.SetMessageIDWithValue(hex.EncodeToString(sum[:16]) + "@" + s.domain)
+
+	client, err := gomail.NewClient(s.cfg.Host, s.opts...)
+	if err != nil {
+		return fmt.Errorf("smtp client: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	return classify(client.DialAndSendWithContext(ctx, msg), s.cfg.Host, s.cfg.Port)
+}
+
+func classify(err error, host string, port int) error {
+	if err == nil {
+		return nil
+	}
+	var se *gomail.SendError
+	if !errors.As(err, &se) || se.Reason == gomail.ErrConnCheck || se.ErrorCode() == 421 {
+		// Dial, TLS and authentication failures, timeouts, and "service
+		// not available": the server, or our access to it, is down.
+		return retry.Unavailable(fmt.Errorf("smtp server %s:%d: %w", host, port, err))
+	}
+	code := se.ErrorCode()
+	switch {
+	case code >= 500 && (se.Reason == gomail.ErrSMTPRcptTo || se.Reason == gomail.ErrSMTPData || se.Reason == gomail.ErrSMTPDataClose):
+		return retry.Permanent(fmt.Errorf("smtp server rejected the email: %w", err))
+	case code >= 500:
+		// A rejected sender or a refused command affects every email: a
+		// configuration problem, not this message's.
+		return retry.Unavailable(fmt.Errorf("smtp server %s:%d refused: %w", host, port, err))
+	default:
+		return fmt.Errorf("smtp server %s:%d: %w", host, port, err)
+	}
+}

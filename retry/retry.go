@@ -1,0 +1,62 @@
+// Package retry classifies handler errors for the router's retry policy, and
+// pauses a route while something it depends on is down.
+//
+// An error is one of three kinds:
+//   - permanent (Permanent): retrying cannot fix it, such as an invalid
+//     event or a recipient the mail server rejects. The message goes to the
+//     poison topic at once.
+//   - unavailable (Unavailable): a dependency is down, such as a mail server
+//     that refuses connections. The message is fine; the route waits for the
+//     dependency (see Breaker) instead of using up the message's retries.
+//   - anything else is transient: retried with backoff, then poisoned.
+package retry
+
+import "errors"
+
+// PermanentError marks an error that retrying cannot fix.
+type PermanentError struct {
+	Err error
+}
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent marks err as permanent. It returns nil for a nil err.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{Err: err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, is permanent.
+func IsPermanent(err error) bool {
+	var p *PermanentError
+	return errors.As(err, &p)
+}
+
+// UnavailableError marks an error that says a dependency is down, not that
+// the message is bad.
+type UnavailableError struct {
+	Err error
+}
+
+func (e *UnavailableError) Error() string { return e.Err.Error() }
+
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// Unavailable marks err as a dependency outage. It returns nil for a nil
+// err.
+func Unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &UnavailableError{Err: err}
+}
+
+// IsUnavailable reports whether err, or an error it wraps, is an outage.
+func IsUnavailable(err error) bool {
+	var u *UnavailableError
+	return errors.As(err, &u)
+}
