@@ -45,6 +45,8 @@ retry:
   max_retries: 3
   initial_interval: 10ms
   max_interval: 50ms
+  outage_interval: 100ms
+  outage_max_interval: 1s
 routes:
   - name: welcome
     handler: notification

@@ -32,7 +32,9 @@ type Spec struct {
 // Adding a handler is one line here and a route in the YAML.
 func Registry() map[string]Spec {
 	return map[string]Spec{
-		"notification": {New: func(d Deps) message.HandlerFunc { return Notification{Notifier: d.Notifier, Ledger: d.Ledger, Now: d.Now}.Handle }, Publishes: true},
+		"notification": {New: func(d Deps) message.HandlerFunc {
+			return Notification{Notifier: d.Notifier, Ledger: d.Ledger, Now: d.Now}.Handle
+		}, Publishes: true},
 	}
 }
 

@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
+# Mailpit, the SMTP server the email tests read, built from its Go module.
+export EVENTROUTER_TEST_MAILPIT=${EVENTROUTER_TEST_MAILPIT:-$(scripts/mailpit.sh)}
 
 started=""
 if ! scripts/kafka.sh status >/dev/null 2>&1; then
