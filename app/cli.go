@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/msglog"
 )
 
 // Exit codes of the eventrouter command.
@@ -27,6 +28,8 @@ const usage = `eventrouter turns Kafka events into actions.
 Usage:
   eventrouter run [--config FILE]        run the router daemon
   eventrouter publish [flags] [EVENT]    publish EVENT, or one event per line of stdin
+  eventrouter config check [--config FILE] [--live]
+                                         validate a configuration (and, with --live, its brokers and topics)
 
 Run "eventrouter COMMAND --help" for a command's flags.
 `
@@ -56,6 +59,12 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return runCommand(ctx, args[1:], env)
 	case "publish":
 		return publishCommand(ctx, args[1:], env)
+	case "config":
+		if len(args) < 2 || args[1] != "check" {
+			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--config FILE] [--live]\n")
+			return ExitUsage
+		}
+		return checkCommand(ctx, args[2:], env)
 	case "help", "-h", "--help":
 		fmt.Fprint(env.Stdout, usage)
 		return ExitOK
@@ -94,15 +103,18 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 	return ExitOK
 }
 
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
 // newLogger builds the process logger from validated settings.
 func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.Level))
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(msglog.Handler{Handler: h})
 }
 
 func flagExit(err error) int {

@@ -11,9 +11,16 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ThreeDotsLabs/watermill"
+	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -45,6 +52,8 @@ type Options struct {
 	Now func() time.Time
 	// Getenv replaces os.Getenv, for secrets named in the config.
 	Getenv func(string) string
+	// TracerProvider replaces the one the tracing config builds.
+	TracerProvider trace.TracerProvider
 }
 
 // Daemon is the long-lived event router.
@@ -53,7 +62,15 @@ type Daemon struct {
 	logger   *slog.Logger
 	registry map[string]handlers.Spec
 	deps     handlers.Deps
+	getenv   func(string) string
+	tracing  trace.TracerProvider
+	prom     *prometheus.Registry
+	metrics  *metrics
 	running  chan struct{}
+	stopping atomic.Bool
+	gates    map[string]*drain.Gate
+	opsAddr  atomic.Pointer[string]
+	probe    sarama.Client
 }
 
 // New checks cfg against the handler registry and builds a daemon. It
@@ -66,12 +83,12 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	if err := checkRoutes(cfg.Routes, registry); err != nil {
 		return nil, err
 	}
+	getenv := opts.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
 	deps := handlers.Deps{Notifier: opts.Notifier, Now: opts.Now}
 	if deps.Notifier == nil {
-		getenv := opts.Getenv
-		if getenv == nil {
-			getenv = os.Getenv
-		}
 		n, err := newNotifier(cfg.Notifier, getenv, logger)
 		if err != nil {
 			return nil, err
@@ -81,7 +98,15 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	return &Daemon{cfg: cfg, logger: logger, registry: registry, deps: deps, running: make(chan struct{})}, nil
+	prom := prometheus.NewRegistry()
+	prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := newMetrics(prom)
+	deps.Notifier = countingNotifier{Notifier: deps.Notifier, sent: m.notifications}
+	return &Daemon{
+		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
+		tracing: opts.TracerProvider, prom: prom, metrics: m,
+		running: make(chan struct{}), gates: map[string]*drain.Gate{},
+	}, nil
 }
 
 // newNotifier builds the configured notifier, reading its secret.
@@ -170,6 +195,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	deps := d.deps
 	deps.Ledger = l
 
+	tp := d.tracing
+	if tp == nil {
+		provider, shutdown, err := newTracerProvider(ctx, d.cfg.Tracing)
+		if err != nil {
+			return err
+		}
+		defer shutdown()
+		tp = provider
+	}
+	tracer := tp.Tracer("github.com/eventrouter/eventrouter")
+
 	brokers := d.cfg.Brokers()
 	wlog := watermill.NewSlogLogger(d.logger.With("component", "watermill"))
 	pub, err := newPublisher(d.cfg.Kafka, brokers, wlog)
@@ -182,13 +218,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}()
 
+	if d.cfg.Ops.Enabled {
+		stopOps, err := d.startOps(brokers)
+		if err != nil {
+			return err
+		}
+		defer stopOps()
+	}
+
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: d.cfg.Router.ShutdownTimeout}, wlog)
 	if err != nil {
 		return fmt.Errorf("create router: %w", err)
 	}
-	gate := drain.New()
+	wmetrics.NewPrometheusMetricsBuilder(d.prom, "eventrouter", "watermill").AddPrometheusRouterMetrics(router)
 	for _, r := range d.cfg.Routes {
-		if err := d.addRoute(router, r, routeDeps{brokers: brokers, pub: pub, gate: gate, ledger: l, handler: deps, wlog: wlog}); err != nil {
+		gate := drain.New()
+		d.gates[r.Name] = gate
+		rd := routeDeps{brokers: brokers, pub: pub, gate: gate, ledger: l, handler: deps, wlog: wlog, tracer: tracer}
+		if err := d.addRoute(router, r, rd); err != nil {
 			return fmt.Errorf("route %s: %w", r.Name, err)
 		}
 	}
@@ -216,12 +263,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("router stopped: %w", err)
 	}
 
-	d.logger.Info("stopping: finishing in-flight messages", "in_flight", gate.InFlight(),
+	// Readiness turns 503 from here on, before consuming stops.
+	d.stopping.Store(true)
+	d.logger.Info("stopping: finishing in-flight messages", "in_flight", d.inFlight(),
 		"timeout", d.cfg.Router.ShutdownTimeout.String())
 	drainCtx, cancel := context.WithTimeout(context.Background(), d.cfg.Router.ShutdownTimeout)
-	if err := gate.Drain(drainCtx); err != nil {
-		d.logger.Warn("in-flight messages did not finish in time; they will be redelivered",
-			"in_flight", gate.InFlight(), "timeout", d.cfg.Router.ShutdownTimeout.String())
+	for _, gate := range d.gates {
+		if err := gate.Drain(drainCtx); err != nil {
+			d.logger.Warn("in-flight messages did not finish in time; they will be redelivered",
+				"in_flight", d.inFlight(), "timeout", d.cfg.Router.ShutdownTimeout.String())
+			break
+		}
 	}
 	cancel()
 	closeErr := router.Close()
@@ -243,6 +295,7 @@ type routeDeps struct {
 	ledger  *ledger.Ledger
 	handler handlers.Deps
 	wlog    watermill.LoggerAdapter
+	tracer  trace.Tracer
 }
 
 // addRoute subscribes a route's consumer group and adds its handler with
@@ -273,7 +326,7 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	}
 
 	poison, err := middleware.PoisonQueueWithFilter(
-		poisonPublisher{Publisher: shared, logger: logger},
+		poisonPublisher{Publisher: shared, logger: logger, poisoned: d.metrics.poisoned.WithLabelValues(r.Name)},
 		r.PoisonTopic,
 		// A cancelled context means the subscriber is closing: the record
 		// is not acked and comes back after the restart, unpoisoned.
@@ -290,12 +343,12 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 		RandomizationFactor: 0.2,
 		ShouldRetry:         func(p middleware.RetryParams) bool { return !retry.IsPermanent(p.Err) },
 		ResetContextOnRetry: true,
-		Logger:              deps.wlog,
 	}
 	breaker := &retry.Breaker{
 		MinWait: r.Retry.OutageInterval,
 		MaxWait: r.Retry.OutageMaxInterval,
 		OnChange: func(paused bool, cause error) {
+			d.metrics.paused.WithLabelValues(r.Name).Set(map[bool]float64{true: 1, false: 0}[paused])
 			if paused {
 				logger.Warn("route paused: a dependency is unavailable; retrying until it is back", "cause", cause.Error())
 			} else {
@@ -304,31 +357,29 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 		},
 	}
 	// The first middleware runs outermost:
-	//  1. poison queue sees only the final error, after retries, and parks
+	//  1. message scope gives the message a correlation ID, log fields and
+	//     a consume span, and traces the produced events;
+	//  2. poison queue sees only the final error, after retries, and parks
 	//     the record with the reason; a failed park leaves it un-acked;
-	//  2. retry backs off and retries transient errors, and lets permanent
+	//  3. retry backs off and retries transient errors, and lets permanent
 	//     ones through at once;
-	//  3. breaker holds the message, and the whole route, while a
+	//  4. attempt times, counts and logs each try;
+	//  5. breaker holds the message, and the whole route, while a
 	//     dependency is down, so an outage uses up no retries and poisons
 	//     nothing;
-	//  4. recoverer turns a panic into an error, so retry retries it;
-	//  5. correlation ID passes the consumed correlation ID on to the
-	//     produced events.
-	h.AddMiddleware(poison, retrying.Middleware, breaker.Middleware, middleware.Recoverer, correlationID)
+	//  6. recoverer turns a panic into an error, so retry retries it;
+	//  7. correlation ID passes the correlation ID on to the produced
+	//     events.
+	h.AddMiddleware(
+		messageScope(r, deps.tracer),
+		poison,
+		retrying.Middleware,
+		attempt(r, d.metrics, deps.tracer, logger),
+		breaker.Middleware,
+		middleware.Recoverer,
+		middleware.CorrelationID,
+	)
 	return nil
-}
-
-// correlationID gives a record from a plain producer, which carries no
-// correlation ID, its own identity as one, and copies the correlation ID to
-// the produced events.
-func correlationID(h message.HandlerFunc) message.HandlerFunc {
-	inner := middleware.CorrelationID(h)
-	return func(msg *message.Message) ([]*message.Message, error) {
-		if middleware.MessageCorrelationID(msg) == "" {
-			middleware.SetCorrelationID(msg.UUID, msg)
-		}
-		return inner(msg)
-	}
 }
 
 // unclosable shares a publisher with the router without letting the router
@@ -367,7 +418,8 @@ func (p ledgerPublisher) Publish(topic string, msgs ...*message.Message) error {
 // record it parks.
 type poisonPublisher struct {
 	message.Publisher
-	logger *slog.Logger
+	logger   *slog.Logger
+	poisoned prometheus.Counter
 }
 
 func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
@@ -383,13 +435,10 @@ func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
 		return err
 	}
 	for _, msg := range msgs {
-		p.logger.Warn("message poisoned",
+		p.poisoned.Inc()
+		p.logger.WarnContext(msg.Context(), "message poisoned",
 			"poison_topic", topic,
-			"topic", msg.Metadata.Get(middleware.PoisonedTopicKey),
-			"partition", msg.Metadata.Get(PoisonedPartitionKey),
-			"offset", msg.Metadata.Get(PoisonedOffsetKey),
 			"message_uuid", msg.UUID,
-			"correlation_id", middleware.MessageCorrelationID(msg),
 			"reason", msg.Metadata.Get(middleware.ReasonForPoisonedKey),
 		)
 	}

@@ -38,6 +38,10 @@ type Config struct {
 	Ledger Ledger `yaml:"ledger"`
 	// Log chooses the log format and level.
 	Log Log `yaml:"log"`
+	// Ops serves health, readiness and metrics over HTTP.
+	Ops Ops `yaml:"ops"`
+	// Tracing exports OpenTelemetry spans.
+	Tracing Tracing `yaml:"tracing"`
 	// Routes lists what the router consumes, which handler runs, and where
 	// results and poisoned records go.
 	Routes []Route `yaml:"routes"`
@@ -155,6 +159,35 @@ type Log struct {
 	Level string `yaml:"level"`
 }
 
+// Ops configures the HTTP server for operators.
+type Ops struct {
+	// Enabled starts the server.
+	Enabled bool `yaml:"enabled"`
+	// Listen is the host:port it listens on; keep it on loopback unless a
+	// token is set.
+	Listen string `yaml:"listen"`
+	// TokenEnv names an environment variable holding a bearer token that
+	// every endpoint but /healthz then requires.
+	TokenEnv string `yaml:"token_env"`
+	// TokenFile is a file holding that token, as an alternative.
+	TokenFile string `yaml:"token_file"`
+}
+
+// Tracing configures OpenTelemetry.
+type Tracing struct {
+	// Exporter is "none" or "otlp" (OTLP over HTTP).
+	Exporter string `yaml:"exporter"`
+	// Endpoint is the OTLP collector's host:port.
+	Endpoint string `yaml:"endpoint"`
+	// Insecure sends without TLS.
+	Insecure bool `yaml:"insecure"`
+	// SampleRatio is the share of new traces recorded, 0 to 1; traces
+	// that arrive sampled stay sampled.
+	SampleRatio float64 `yaml:"sample_ratio"`
+	// ServiceName names this process in traces.
+	ServiceName string `yaml:"service_name"`
+}
+
 // Route connects a subscribe topic to a handler.
 type Route struct {
 	// Name identifies the route in logs; it defaults to the handler name.
@@ -204,6 +237,8 @@ func Defaults() Config {
 		Notifier: Notifier{Kind: "log", SMTP: SMTP{Port: 587, TLS: "starttls", Timeout: 30 * time.Second}},
 		Ledger:   Ledger{Path: "data/ledger.db"},
 		Log:      Log{Format: "text", Level: "info"},
+		Ops:      Ops{Listen: "127.0.0.1:9464"},
+		Tracing:  Tracing{Exporter: "none", Endpoint: "127.0.0.1:4318", SampleRatio: 1, ServiceName: "eventrouter"},
 	}
 }
 
@@ -220,25 +255,34 @@ func Load(path string, getenv func(string) string) (Config, error) {
 
 // Parse is Load for configuration already in memory.
 func Parse(raw []byte, getenv func(string) string) (Config, error) {
+	cfg, problems := Check(raw, getenv)
+	if len(problems) > 0 {
+		return Config{}, errors.Join(problems...)
+	}
+	return cfg, nil
+}
+
+// Check is Parse that returns every problem it finds, each naming its key
+// and, where the file has the key or its parent, the line.
+func Check(raw []byte, getenv func(string) string) (Config, []error) {
 	expanded, err := Expand(raw, getenv)
 	if err != nil {
-		return Config{}, err
+		return Config{}, []error{err}
 	}
 	cfg := Defaults()
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, decodeError(expanded, err)
+		return Config{}, decodeErrors(expanded, err)
 	}
 	if brokers := getenv(BrokersEnv); strings.TrimSpace(brokers) != "" {
 		cfg.Kafka.Brokers = splitList(brokers)
 		cfg.Kafka.Embedded.Enabled = false
 	}
 	cfg.fillRoutes()
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
-	}
-	return cfg, nil
+	problems := cfg.Problems()
+	Locate(expanded, problems)
+	return cfg, problems
 }
 
 // fillRoutes gives each route the defaults that depend on other keys.
@@ -334,7 +378,8 @@ func (c Config) Problems() []error {
 	if c.Router.ShutdownTimeout <= 0 {
 		add("router.shutdown_timeout", "must be positive, got %s", c.Router.ShutdownTimeout)
 	}
-	errs = append(errs, c.Retry.problems("retry")...)
+	global := c.Retry.problems("retry")
+	errs = append(errs, global...)
 	switch c.Notifier.Kind {
 	case "log":
 	case "smtp":
@@ -354,6 +399,27 @@ func (c Config) Problems() []error {
 	case "debug", "info", "warn", "error":
 	default:
 		add("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+
+	if c.Ops.Enabled {
+		if _, _, err := net.SplitHostPort(c.Ops.Listen); err != nil {
+			add("ops.listen", "%q is not host:port", c.Ops.Listen)
+		}
+		if c.Ops.TokenEnv != "" && c.Ops.TokenFile != "" {
+			add("ops.token_file", "set token_env or token_file, not both")
+		}
+	}
+	switch c.Tracing.Exporter {
+	case "none":
+	case "otlp":
+		if _, _, err := net.SplitHostPort(c.Tracing.Endpoint); err != nil {
+			add("tracing.endpoint", "%q is not host:port", c.Tracing.Endpoint)
+		}
+	default:
+		add("tracing.exporter", "must be none or otlp, got %q", c.Tracing.Exporter)
+	}
+	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
+		add("tracing.sample_ratio", "must be from 0 to 1, got %g", c.Tracing.SampleRatio)
 	}
 
 	if len(c.Routes) == 0 {
@@ -388,7 +454,12 @@ func (c Config) Problems() []error {
 			add(key+".name", "%q is already the name of routes[%d]", r.Name, j)
 		}
 		names[r.Name] = i
-		errs = append(errs, r.Retry.problems(key+".retry")...)
+		// Routes inherit the global policy: report its problems once.
+		for _, p := range r.Retry.problems(key + ".retry") {
+			if !inherited(p, global) {
+				errs = append(errs, p)
+			}
+		}
 	}
 	return errs
 }
@@ -459,9 +530,31 @@ type KeyError struct {
 	Key string
 	// Msg says what is wrong with it.
 	Msg string
+	// Line is where the key, or the nearest parent the file has, is;
+	// 0 when unknown.
+	Line int
 }
 
-func (e *KeyError) Error() string { return "config: " + e.Key + ": " + e.Msg }
+func (e *KeyError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("config: line %d: %s: %s", e.Line, e.Key, e.Msg)
+	}
+	return "config: " + e.Key + ": " + e.Msg
+}
+
+func inherited(p error, global []error) bool {
+	var ke *KeyError
+	if !errors.As(p, &ke) {
+		return false
+	}
+	for _, g := range global {
+		var ge *KeyError
+		if errors.As(g, &ge) && ge.Msg == ke.Msg && strings.HasSuffix(ke.Key, strings.TrimPrefix(ge.Key, "retry")) {
+			return true
+		}
+	}
+	return false
+}
 
 // validTopic reports whether Kafka accepts name as a topic name.
 func validTopic(name string) bool {

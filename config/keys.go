@@ -15,20 +15,16 @@ var (
 	unknownField = regexp.MustCompile(`^field \S+ not found in type \S+$`)
 )
 
-// decodeError turns the YAML library's error into one line that names the
-// key path of every problem, as in
+// decodeErrors turns the YAML library's error into one error per problem,
+// each naming the key path, as in
 // "config: line 7: kafka.dial_timeout: cannot unmarshal ...".
-func decodeError(raw []byte, err error) error {
+func decodeErrors(raw []byte, err error) []error {
 	var typeErr *yaml.TypeError
 	if !errors.As(err, &typeErr) {
-		return fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return []error{fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "yaml: "))}
 	}
-	var doc yaml.Node
-	paths := map[int]string{}
-	if yaml.Unmarshal(raw, &doc) == nil {
-		collectPaths(&doc, "", paths)
-	}
-	msgs := make([]string, 0, len(typeErr.Errors))
+	paths := linePaths(raw)
+	errs := make([]error, 0, len(typeErr.Errors))
 	for _, msg := range typeErr.Errors {
 		if m := lineRef.FindStringSubmatch(msg); m != nil {
 			line, _ := strconv.Atoi(m[1])
@@ -40,9 +36,49 @@ func decodeError(raw []byte, err error) error {
 				msg = fmt.Sprintf("line %d: %s: %s", line, path, rest)
 			}
 		}
-		msgs = append(msgs, msg)
+		errs = append(errs, fmt.Errorf("config: %s", msg))
 	}
-	return fmt.Errorf("config: %s", strings.Join(msgs, "; "))
+	return errs
+}
+
+func linePaths(raw []byte) map[int]string {
+	var doc yaml.Node
+	paths := map[int]string{}
+	if yaml.Unmarshal(raw, &doc) == nil {
+		collectPaths(&doc, "", paths)
+	}
+	return paths
+}
+
+// Locate sets the Line of each KeyError in errs: the line of its key in
+// raw, or of the nearest parent key the file has.
+func Locate(raw []byte, errs []error) {
+	lines := map[string]int{}
+	var doc yaml.Node
+	if yaml.Unmarshal(raw, &doc) == nil {
+		collectLines(&doc, "", lines)
+	}
+	for _, err := range errs {
+		var ke *KeyError
+		if !errors.As(err, &ke) || ke.Line > 0 {
+			continue
+		}
+		for path := ke.Key; path != ""; path = parentPath(path) {
+			if line, ok := lines[path]; ok {
+				ke.Line = line
+				break
+			}
+		}
+	}
+}
+
+// parentPath drops the last element of a key path: "a.b[0].c" → "a.b[0]"
+// → "a.b" → "a".
+func parentPath(path string) string {
+	if i := strings.LastIndexAny(path, ".["); i > 0 {
+		return path[:i]
+	}
+	return ""
 }
 
 // collectPaths records, for each line that holds a key, the key's path.
@@ -69,6 +105,31 @@ func collectPaths(n *yaml.Node, prefix string, paths map[int]string) {
 				paths[c.Line] = path
 			}
 			collectPaths(c, path, paths)
+		}
+	}
+}
+
+// collectLines records the line of every key and sequence item, by path.
+func collectLines(n *yaml.Node, prefix string, lines map[string]int) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			collectLines(c, prefix, lines)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			path := n.Content[i].Value
+			if prefix != "" {
+				path = prefix + "." + path
+			}
+			lines[path] = n.Content[i].Line
+			collectLines(n.Content[i+1], path, lines)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			path := fmt.Sprintf("%s[%d]", prefix, i)
+			lines[path] = c.Line
+			collectLines(c, path, lines)
 		}
 	}
 }

@@ -27,6 +27,7 @@ type Gate struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	inFlight atomic.Int64
+	sessions atomic.Int64
 }
 
 // New returns an open gate.
@@ -38,6 +39,10 @@ var _ kafka.SaramaTracer = (*Gate)(nil)
 
 // InFlight returns how many records were handed out and not yet marked.
 func (g *Gate) InFlight() int64 { return g.inFlight.Load() }
+
+// InSession reports whether a consumer group session is live: the group
+// was joined and this consumer takes part, with or without partitions.
+func (g *Gate) InSession() bool { return g.sessions.Load() > 0 }
 
 // Drain stops handing out records and waits until every record already
 // handed out was marked, or its partition was revoked, or ctx is done.
@@ -76,6 +81,19 @@ func (g *Gate) WrapSyncProducer(_ *sarama.Config, p sarama.SyncProducer) sarama.
 type handler struct {
 	sarama.ConsumerGroupHandler
 	gate *Gate
+}
+
+func (h handler) Setup(sess sarama.ConsumerGroupSession) error {
+	if err := h.ConsumerGroupHandler.Setup(sess); err != nil {
+		return err
+	}
+	h.gate.sessions.Add(1)
+	return nil
+}
+
+func (h handler) Cleanup(sess sarama.ConsumerGroupSession) error {
+	h.gate.sessions.Add(-1)
+	return h.ConsumerGroupHandler.Cleanup(sess)
 }
 
 // ConsumeClaim hands the claim's records on one at a time until the gate

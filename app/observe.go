@@ -1,0 +1,239 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/msglog"
+	"github.com/eventrouter/eventrouter/notify"
+)
+
+// metrics are the daemon's own Prometheus metrics; Watermill's router
+// metrics come beside them from its metrics builder.
+type metrics struct {
+	handled       *prometheus.CounterVec
+	retried       *prometheus.CounterVec
+	poisoned      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	notifications *prometheus.CounterVec
+	paused        *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventrouter_messages_handled_total",
+			Help: "Messages a route handled successfully.",
+		}, []string{"route"}),
+		retried: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventrouter_messages_retried_total",
+			Help: "Handler attempts that were retries of a failed attempt.",
+		}, []string{"route"}),
+		poisoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventrouter_messages_poisoned_total",
+			Help: "Messages a route wrote to its poison topic.",
+		}, []string{"route"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "eventrouter_handler_duration_seconds",
+			Help:    "Duration of one handler attempt.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"route"}),
+		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventrouter_notifications_sent_total",
+			Help: "Notifications delivered, by channel and template.",
+		}, []string{"route", "channel", "template"}),
+		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "eventrouter_route_paused",
+			Help: "1 while a route waits for an unavailable dependency.",
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.handled, m.retried, m.poisoned, m.duration, m.notifications, m.paused)
+	return m
+}
+
+// propagator carries W3C trace context in Kafka headers.
+var propagator = propagation.TraceContext{}
+
+type attemptsKey struct{}
+
+// messageScope is the outermost middleware of a route. It gives a record
+// from a plain producer a correlation ID, puts the message's identity on
+// every log line about it, continues the producer's trace with a consume
+// span, and puts the trace context on the events the handler produces.
+func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			if middleware.MessageCorrelationID(msg) == "" {
+				middleware.SetCorrelationID(msg.UUID, msg)
+			}
+			ctx := msg.Context()
+			partition, _ := kafka.MessagePartitionFromCtx(ctx)
+			offset, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
+			ctx = msglog.With(ctx,
+				slog.String("route", r.Name),
+				slog.String("topic", r.SubscribeTopic),
+				slog.Int("partition", int(partition)),
+				slog.Int64("offset", offset),
+				slog.String("correlation_id", middleware.MessageCorrelationID(msg)),
+			)
+			ctx = propagator.Extract(ctx, propagation.MapCarrier(msg.Metadata))
+			ctx, span := tracer.Start(ctx, r.SubscribeTopic+" process",
+				trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(
+					attribute.String("messaging.system", "kafka"),
+					attribute.String("messaging.destination.name", r.SubscribeTopic),
+					attribute.String("messaging.consumer.group.name", r.ConsumerGroup),
+					attribute.Int("messaging.destination.partition.id", int(partition)),
+					attribute.Int64("messaging.kafka.offset", offset),
+					attribute.String("messaging.message.id", msg.UUID),
+					attribute.String("eventrouter.route", r.Name),
+				))
+			defer span.End()
+			ctx = context.WithValue(ctx, attemptsKey{}, new(atomic.Int64))
+			msg.SetContext(ctx)
+
+			out, err := h(msg)
+			if err != nil {
+				span.RecordError(err)
+				span.SetStatus(codes.Error, err.Error())
+			}
+			for _, o := range out {
+				pctx, ps := tracer.Start(ctx, r.PublishTopic+" publish",
+					trace.WithSpanKind(trace.SpanKindProducer),
+					trace.WithAttributes(
+						attribute.String("messaging.system", "kafka"),
+						attribute.String("messaging.destination.name", r.PublishTopic),
+						attribute.String("messaging.message.id", o.UUID),
+					))
+				propagator.Inject(pctx, propagation.MapCarrier(o.Metadata))
+				ps.End()
+			}
+			return out, err
+		}
+	}
+}
+
+// attempt wraps one handler attempt, inside the retry middleware: it times
+// it in a handle span, counts retries and successes, and logs failures with
+// the message's identity.
+func attempt(r config.Route, m *metrics, tracer trace.Tracer, logger *slog.Logger) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			n := int64(1)
+			if counter, ok := msg.Context().Value(attemptsKey{}).(*atomic.Int64); ok {
+				n = counter.Add(1)
+			}
+			if n > 1 {
+				m.retried.WithLabelValues(r.Name).Inc()
+			}
+			parent := msg.Context()
+			ctx, span := tracer.Start(parent, r.Name+" handle", trace.WithAttributes(attribute.Int64("eventrouter.attempt", n)))
+			msg.SetContext(ctx)
+			start := time.Now()
+			out, err := h(msg)
+			m.duration.WithLabelValues(r.Name).Observe(time.Since(start).Seconds())
+			msg.SetContext(parent)
+			if err != nil {
+				span.RecordError(err)
+				span.SetStatus(codes.Error, err.Error())
+				logger.WarnContext(ctx, "handler attempt failed", "attempt", n, "err", err.Error())
+			} else {
+				m.handled.WithLabelValues(r.Name).Inc()
+			}
+			span.End()
+			return out, err
+		}
+	}
+}
+
+// countingNotifier counts delivered notifications by route.
+type countingNotifier struct {
+	handlers.Notifier
+	sent *prometheus.CounterVec
+}
+
+func (c countingNotifier) Send(ctx context.Context, m notify.Message) error {
+	if err := c.Notifier.Send(ctx, m); err != nil {
+		return err
+	}
+	c.sent.WithLabelValues(message.HandlerNameFromCtx(ctx), c.Channel(), m.Template).Inc()
+	return nil
+}
+
+// lagCollector reports each route's consumer lag per partition, read from
+// the broker at scrape time: the partition's end offset minus the group's
+// committed offset.
+type lagCollector struct {
+	client sarama.Client
+	admin  sarama.ClusterAdmin
+	routes []config.Route
+	desc   *prometheus.Desc
+	logger *slog.Logger
+}
+
+func newLagCollector(client sarama.Client, admin sarama.ClusterAdmin, routes []config.Route, logger *slog.Logger) *lagCollector {
+	return &lagCollector{
+		client: client, admin: admin, routes: routes, logger: logger,
+		desc: prometheus.NewDesc("eventrouter_consumer_lag_messages",
+			"Records in a partition that the route's consumer group has not committed yet.",
+			[]string{"route", "topic", "partition"}, nil),
+	}
+}
+
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range c.routes {
+		if err := c.collectRoute(r, ch); err != nil {
+			c.logger.Debug("consumer lag not read", "route", r.Name, "err", err)
+		}
+	}
+}
+
+func (c *lagCollector) collectRoute(r config.Route, ch chan<- prometheus.Metric) error {
+	if err := c.client.RefreshMetadata(r.SubscribeTopic); err != nil {
+		return err
+	}
+	partitions, err := c.client.Partitions(r.SubscribeTopic)
+	if err != nil {
+		return err
+	}
+	committed, err := c.admin.ListConsumerGroupOffsets(r.ConsumerGroup, map[string][]int32{r.SubscribeTopic: partitions})
+	if err != nil {
+		return err
+	}
+	for _, p := range partitions {
+		end, err := c.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetNewest)
+		if err != nil {
+			return err
+		}
+		from := int64(-1)
+		if b := committed.GetBlock(r.SubscribeTopic, p); b != nil {
+			from = b.Offset
+		}
+		if from < 0 {
+			// Nothing committed: a new group starts at the oldest record.
+			if from, err = c.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetOldest); err != nil {
+				return err
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(max(end-from, 0)),
+			r.Name, r.SubscribeTopic, strconv.Itoa(int(p)))
+	}
+	return nil
+}

@@ -1,0 +1,149 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/ops"
+)
+
+// OpsAddr returns the address the ops server listens on, once it does.
+func (d *Daemon) OpsAddr() string {
+	if p := d.opsAddr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (d *Daemon) inFlight() int64 {
+	var n int64
+	for _, g := range d.gates {
+		n += g.InFlight()
+	}
+	return n
+}
+
+// startOps connects the broker probe, registers the lag metric and serves
+// the ops endpoints. The returned func stops it all.
+func (d *Daemon) startOps(brokers []string) (func(), error) {
+	token, err := d.opsToken()
+	if err != nil {
+		return nil, err
+	}
+	c := saramaConfig(d.cfg.Kafka)
+	c.ClientID = d.cfg.Kafka.ClientID + "-ops"
+	c.Metadata.Retry.Max = 0
+	// Looking must not create topics.
+	c.Metadata.AllowAutoTopicCreation = false
+	c.Net.DialTimeout = 3 * time.Second
+	client, err := sarama.NewClient(brokers, c)
+	if err != nil {
+		return nil, fmt.Errorf("connect ops client to kafka at %s: %w", strings.Join(brokers, ","), err)
+	}
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("ops admin client: %w", err)
+	}
+	d.probe = client
+	d.prom.MustRegister(newLagCollector(client, admin, d.cfg.Routes, d.logger))
+
+	ln, err := net.Listen("tcp", d.cfg.Ops.Listen)
+	if err != nil {
+		client.Close()
+		return nil, &config.KeyError{Key: "ops.listen", Msg: err.Error()}
+	}
+	addr := ln.Addr().String()
+	d.opsAddr.Store(&addr)
+	srv := &http.Server{
+		Handler:           ops.Handler(ops.Options{Token: token, Ready: d.ready, Gatherer: d.prom}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.logger.Error("ops server stopped", "err", err)
+		}
+	}()
+	d.logger.Info("ops server listening", "addr", addr, "token", token != "")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-served
+		_ = admin.Close()
+	}, nil
+}
+
+func (d *Daemon) opsToken() (string, error) {
+	switch {
+	case d.cfg.Ops.TokenEnv != "":
+		token := d.getenv(d.cfg.Ops.TokenEnv)
+		if token == "" {
+			return "", &config.KeyError{Key: "ops.token_env", Msg: fmt.Sprintf("environment variable %s is empty", d.cfg.Ops.TokenEnv)}
+		}
+		return token, nil
+	case d.cfg.Ops.TokenFile != "":
+		b, err := os.ReadFile(d.cfg.Ops.TokenFile)
+		if err != nil {
+			return "", &config.KeyError{Key: "ops.token_file", Msg: err.Error()}
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return "", nil
+}
+
+// ready checks that the router runs and is not stopping, that every route
+// takes part in its consumer group, and that the broker answers.
+func (d *Daemon) ready(ctx context.Context) ops.Readiness {
+	checks := map[string]string{}
+	select {
+	case <-d.running:
+		checks["router"] = "ok"
+	default:
+		checks["router"] = "starting"
+	}
+	if d.stopping.Load() {
+		checks["router"] = "shutting down"
+	}
+	for _, r := range d.cfg.Routes {
+		state := "ok"
+		if g, ok := d.gates[r.Name]; !ok || !g.InSession() {
+			state = "not in a consumer group session"
+		}
+		checks["route "+r.Name] = state
+	}
+	checks["kafka"] = d.pingKafka(ctx)
+	rd := ops.Readiness{Ready: true, Checks: checks}
+	for _, v := range checks {
+		if v != "ok" {
+			rd.Ready = false
+		}
+	}
+	return rd
+}
+
+// pingKafka asks a broker for metadata, within ctx.
+func (d *Daemon) pingKafka(ctx context.Context) string {
+	done := make(chan error, 1)
+	go func() { done <- d.probe.RefreshMetadata() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return "broker does not answer: " + err.Error()
+		}
+		return "ok"
+	case <-ctx.Done():
+		return "broker does not answer in time"
+	}
+}
