@@ -1,5 +1,5 @@
 # The README's commands. `make test` is what CI runs.
-.PHONY: build run test kafka-start kafka-stop
+.PHONY: build run test bench bench-embedded bench-short kafka-start kafka-stop
 
 build:
 	go build -o eventrouter .
@@ -11,6 +11,19 @@ run: build
 # against it and against the embedded broker, and stops what it started.
 test:
 	scripts/test.sh
+
+# Measures the router against bare sarama and Kafka's perf tools on a real
+# broker (started if needed); writes bench/results.json and bench/results.png.
+bench:
+	go run ./bench --cpuprofile bench/router.cpu.pprof
+
+# The same on the embedded broker: no Java needed.
+bench-embedded:
+	go run ./bench --embedded --out bench/embedded
+
+# Small counts, one run each: proves the harness works; CI runs it.
+bench-short:
+	go run ./bench --short --out $${TMPDIR:-/tmp}/eventrouter-bench-short
 
 kafka-start:
 	scripts/kafka.sh start

@@ -111,8 +111,11 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 
 // newNotifier builds the configured notifier, reading its secret.
 func newNotifier(cfg config.Notifier, getenv func(string) string, logger *slog.Logger) (handlers.Notifier, error) {
-	if cfg.Kind == "log" {
+	switch cfg.Kind {
+	case "log":
 		return notify.Log{Logger: logger.With("component", "notifier")}, nil
+	case "none":
+		return notify.None{}, nil
 	}
 	templates, err := notify.LoadTemplates(cfg.Templates)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/drain"
@@ -83,4 +84,10 @@ func newSubscriber(cfg config.Kafka, brokers []string, group string, gate *drain
 		return nil, fmt.Errorf("create subscriber for group %s: %w", group, err)
 	}
 	return sub, nil
+}
+
+// NewPublisher returns the Kafka publisher exactly as the daemon configures
+// it, for tools such as the benchmark.
+func NewPublisher(cfg config.Kafka, brokers []string) (message.Publisher, error) {
+	return newPublisher(cfg, brokers, watermill.NopLogger{})
 }

@@ -113,7 +113,8 @@ type Retry struct {
 // Notifier chooses the notification channel.
 type Notifier struct {
 	// Kind is the notifier to use: "log" writes one structured log line
-	// per notification; "smtp" sends email.
+	// per notification; "smtp" sends email; "none" drops notifications
+	// (for benchmarks and dry runs).
 	Kind string `yaml:"kind"`
 	// SMTP configures the "smtp" notifier.
 	SMTP SMTP `yaml:"smtp"`
@@ -381,11 +382,11 @@ func (c Config) Problems() []error {
 	global := c.Retry.problems("retry")
 	errs = append(errs, global...)
 	switch c.Notifier.Kind {
-	case "log":
+	case "log", "none":
 	case "smtp":
 		errs = append(errs, c.Notifier.SMTP.problems("notifier.smtp")...)
 	default:
-		add("notifier.kind", "unknown notifier %q; known: log, smtp", c.Notifier.Kind)
+		add("notifier.kind", "unknown notifier %q; known: log, smtp, none", c.Notifier.Kind)
 	}
 	if c.Ledger.Path == "" {
 		add("ledger.path", "is empty")

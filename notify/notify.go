@@ -45,3 +45,13 @@ func (l Log) Send(ctx context.Context, m Message) error {
 	)
 	return nil
 }
+
+// None is a notifier that drops every notification: for benchmarks and
+// dry runs.
+type None struct{}
+
+// Channel returns "none".
+func (None) Channel() string { return "none" }
+
+// Send does nothing.
+func (None) Send(context.Context, Message) error { return nil }
