@@ -311,6 +311,11 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 
 	logger := d.logger.With("route", r.Name)
 	handle := d.registry[r.Handler].New(deps.handler)
+	// Every route's series exist from the start, at zero.
+	d.metrics.handled.WithLabelValues(r.Name)
+	d.metrics.retried.WithLabelValues(r.Name)
+	d.metrics.poisoned.WithLabelValues(r.Name)
+	d.metrics.paused.WithLabelValues(r.Name).Set(0)
 	// The router closes a handler's publisher when the handler stops; the
 	// publisher is shared, so the daemon closes it, last.
 	shared := unclosable{deps.pub}
@@ -329,7 +334,8 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	}
 
 	poison, err := middleware.PoisonQueueWithFilter(
-		poisonPublisher{Publisher: shared, logger: logger, poisoned: d.metrics.poisoned.WithLabelValues(r.Name)},
+		// The message's context carries the route for the log line.
+		poisonPublisher{Publisher: shared, logger: d.logger, poisoned: d.metrics.poisoned.WithLabelValues(r.Name)},
 		r.PoisonTopic,
 		// A cancelled context means the subscriber is closing: the record
 		// is not acked and comes back after the restart, unpoisoned.
@@ -377,7 +383,7 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 		messageScope(r, deps.tracer),
 		poison,
 		retrying.Middleware,
-		attempt(r, d.metrics, deps.tracer, logger),
+		attempt(r, d.metrics, deps.tracer, d.logger),
 		breaker.Middleware,
 		middleware.Recoverer,
 		middleware.CorrelationID,

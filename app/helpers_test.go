@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/msglog"
 	"github.com/eventrouter/eventrouter/notify"
 )
 
@@ -81,6 +84,7 @@ func (b *syncBuffer) String() string {
 
 // running is a daemon started by startDaemon.
 type running struct {
+	*app.Daemon
 	stop func() error
 	logs *syncBuffer
 }
@@ -90,7 +94,7 @@ type running struct {
 func startDaemon(t *testing.T, cfg config.Config, opts app.Options) running {
 	t.Helper()
 	logs := &syncBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(msglog.Handler{Handler: slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})})
 	d, err := app.New(cfg, logger, opts)
 	if err != nil {
 		t.Fatalf("app.New: %v", err)
@@ -128,7 +132,26 @@ func startDaemon(t *testing.T, cfg config.Config, opts app.Options) running {
 			t.Logf("daemon log:\n%s", logs)
 		}
 	})
-	return running{stop: stop, logs: logs}
+	return running{Daemon: d, stop: stop, logs: logs}
+}
+
+// realBrokerControl returns the real broker and funcs that stop and start
+// it, or skips the test when this run may not restart it.
+func realBrokerControl(t *testing.T) (brokers []string, stop, start func()) {
+	t.Helper()
+	brokers = kafkatest.Real(t)
+	script := os.Getenv("EVENTROUTER_TEST_KAFKA_SCRIPT")
+	if script == "" {
+		t.Skip("EVENTROUTER_TEST_KAFKA_SCRIPT is not set; make test sets it to scripts/kafka.sh")
+	}
+	run := func(arg string) func() {
+		return func() {
+			if out, err := exec.Command(script, arg).CombinedOutput(); err != nil {
+				t.Fatalf("%s %s: %v\n%s", script, arg, err, out)
+			}
+		}
+	}
+	return brokers, run("stop"), run("start")
 }
 
 // recorder is a notifier that records what it sends and can fail, panic or

@@ -1,14 +1,11 @@
 package app_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -21,7 +18,6 @@ import (
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/kafkatest"
-	"github.com/eventrouter/eventrouter/msglog"
 )
 
 const opsToken = "s3cret-token"
@@ -46,48 +42,8 @@ func opsOptions(o app.Options) app.Options {
 // URL.
 func startOpsDaemon(t *testing.T, brokers []string, r route, o app.Options) (running, string) {
 	t.Helper()
-	cfg := testConfig(t, brokers, r, opsYAML)
-	logs := &syncBuffer{}
-	logger := slog.New(msglog.Handler{Handler: slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})})
-	d, err := app.New(cfg, logger, opsOptions(o))
-	if err != nil {
-		t.Fatalf("app.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	select {
-	case <-d.Running():
-	case err := <-done:
-		cancel()
-		t.Fatalf("daemon stopped: %v\n%s", err, logs)
-	case <-time.After(30 * time.Second):
-		cancel()
-		t.Fatal("daemon not running after 30s")
-	}
-	stopped := false
-	stop := func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(60 * time.Second):
-			return fmt.Errorf("daemon did not stop within 60s")
-		}
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", logs)
-		}
-	})
-	return running{stop: stop, logs: logs}, "http://" + d.OpsAddr()
+	d := startDaemon(t, testConfig(t, brokers, r, opsYAML), opsOptions(o))
+	return d, "http://" + d.OpsAddr()
 }
 
 func get(t *testing.T, url string, token bool) (int, string) {
@@ -213,19 +169,8 @@ func TestReadinessFollowsTheBroker(t *testing.T) {
 		check(t, []string{b.Addr()}, b.Stop, b.Start)
 	})
 	t.Run("kafka", func(t *testing.T) {
-		brokers := kafkatest.Real(t)
-		script := os.Getenv("EVENTROUTER_TEST_KAFKA_SCRIPT")
-		if script == "" {
-			t.Skip("EVENTROUTER_TEST_KAFKA_SCRIPT is not set; make test sets it to scripts/kafka.sh")
-		}
-		run := func(arg string) func() {
-			return func() {
-				if out, err := exec.Command(script, arg).CombinedOutput(); err != nil {
-					t.Fatalf("%s %s: %v\n%s", script, arg, err, out)
-				}
-			}
-		}
-		check(t, brokers, run("stop"), run("start"))
+		brokers, stop, start := realBrokerControl(t)
+		check(t, brokers, stop, start)
 	})
 }
 

@@ -258,19 +258,8 @@ func TestBrokerRestartMidStream(t *testing.T) {
 		testBrokerRestart(t, []string{b.Addr()}, b.Stop, b.Start)
 	})
 	t.Run("kafka", func(t *testing.T) {
-		brokers := kafkatest.Real(t)
-		script := os.Getenv("EVENTROUTER_TEST_KAFKA_SCRIPT")
-		if script == "" {
-			t.Skip("EVENTROUTER_TEST_KAFKA_SCRIPT is not set; make test sets it to scripts/kafka.sh")
-		}
-		run := func(arg string) func() {
-			return func() {
-				if out, err := exec.Command(script, arg).CombinedOutput(); err != nil {
-					t.Fatalf("%s %s: %v\n%s", script, arg, err, out)
-				}
-			}
-		}
-		testBrokerRestart(t, brokers, run("stop"), run("start"))
+		brokers, stop, start := realBrokerControl(t)
+		testBrokerRestart(t, brokers, stop, start)
 	})
 }
 

@@ -81,40 +81,13 @@ func parentPath(path string) string {
 	return ""
 }
 
-// collectPaths records, for each line that holds a key, the key's path.
-func collectPaths(n *yaml.Node, prefix string, paths map[int]string) {
+// walk visits every mapping key and sequence item under n with its path and
+// line, parents before children.
+func walk(n *yaml.Node, prefix string, visit func(path string, line int, isKey bool)) {
 	switch n.Kind {
 	case yaml.DocumentNode:
 		for _, c := range n.Content {
-			collectPaths(c, prefix, paths)
-		}
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			key, val := n.Content[i], n.Content[i+1]
-			path := key.Value
-			if prefix != "" {
-				path = prefix + "." + key.Value
-			}
-			paths[key.Line] = path
-			collectPaths(val, path, paths)
-		}
-	case yaml.SequenceNode:
-		for i, c := range n.Content {
-			path := fmt.Sprintf("%s[%d]", prefix, i)
-			if _, ok := paths[c.Line]; !ok {
-				paths[c.Line] = path
-			}
-			collectPaths(c, path, paths)
-		}
-	}
-}
-
-// collectLines records the line of every key and sequence item, by path.
-func collectLines(n *yaml.Node, prefix string, lines map[string]int) {
-	switch n.Kind {
-	case yaml.DocumentNode:
-		for _, c := range n.Content {
-			collectLines(c, prefix, lines)
+			walk(c, prefix, visit)
 		}
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -122,14 +95,29 @@ func collectLines(n *yaml.Node, prefix string, lines map[string]int) {
 			if prefix != "" {
 				path = prefix + "." + path
 			}
-			lines[path] = n.Content[i].Line
-			collectLines(n.Content[i+1], path, lines)
+			visit(path, n.Content[i].Line, true)
+			walk(n.Content[i+1], path, visit)
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
 			path := fmt.Sprintf("%s[%d]", prefix, i)
-			lines[path] = c.Line
-			collectLines(c, path, lines)
+			visit(path, c.Line, false)
+			walk(c, path, visit)
 		}
 	}
+}
+
+// collectPaths records, for each line, the path of the deepest key on it,
+// or of the sequence item that starts there.
+func collectPaths(n *yaml.Node, prefix string, paths map[int]string) {
+	walk(n, prefix, func(path string, line int, isKey bool) {
+		if _, taken := paths[line]; isKey || !taken {
+			paths[line] = path
+		}
+	})
+}
+
+// collectLines records the line of every key and sequence item, by path.
+func collectLines(n *yaml.Node, prefix string, lines map[string]int) {
+	walk(n, prefix, func(path string, line int, _ bool) { lines[path] = line })
 }
