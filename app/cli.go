@@ -28,6 +28,7 @@ const usage = `eventrouter turns Kafka events into actions.
 Usage:
   eventrouter run [--config FILE]        run the router daemon
   eventrouter publish [flags] [EVENT]    publish EVENT, or one event per line of stdin
+  eventrouter replay [flags] POISON_TOPIC   send poisoned records back to the topic they failed on
   eventrouter config check [--config FILE] [--live]
                                          validate a configuration (and, with --live, its brokers and topics)
 
@@ -59,6 +60,8 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return runCommand(ctx, args[1:], env)
 	case "publish":
 		return publishCommand(ctx, args[1:], env)
+	case "replay":
+		return replayCommand(ctx, args[1:], env)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--config FILE] [--live]\n")

@@ -3,10 +3,12 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/retry"
 )
 
 // tool returns the path of a client nobody here wrote, or skips the test
@@ -128,4 +131,61 @@ func waitForSent(t *testing.T, brokers []string, topic, id string) *sarama.Consu
 	}
 	t.Fatalf("no notification-sent for event %s in %s", id, topic)
 	return nil
+}
+
+func TestReplayPoisonQueue(t *testing.T) {
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		r := newRoute()
+		broken := true
+		var mu sync.Mutex
+		notifier := &recorder{before: func(int) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if broken {
+				return retry.Permanent(errors.New("template bug"))
+			}
+			return nil
+		}}
+		startDaemon(t, testConfig(t, k.Brokers, r, ""), app.Options{Notifier: notifier})
+		rec := event(7, "replay@example.com")
+		rec.Headers = map[string]string{"origin": "signup-form"}
+		kafkatest.Produce(t, k.Brokers, r.in, rec, kafkatest.Record{Value: []byte("junk")})
+		if got := kafkatest.Consume(t, k.Brokers, r.poison, 2, consumeTimeout); len(got) != 2 {
+			t.Fatalf("got %d poison records; want 2", len(got))
+		}
+
+		// The cause is fixed; replay what the template bug poisoned.
+		mu.Lock()
+		broken = false
+		mu.Unlock()
+		brokers := strings.Join(k.Brokers, ",")
+		dry := runMain(t, "", nil, "replay", "--brokers", brokers, "--dry-run", "--reason", "template bug", r.poison)
+		if dry.code != 0 || !strings.Contains(dry.stdout, "would replay 1 record(s)") {
+			t.Fatalf("replay --dry-run = %d %q %q; want 1 record", dry.code, dry.stdout, dry.stderr)
+		}
+		res := runMain(t, "", nil, "replay", "--brokers", brokers, "--reason", "template bug", r.poison)
+		if res.code != 0 || !strings.Contains(res.stdout, "replayed 1 record(s)") || !strings.Contains(res.stdout, "skipped 1") {
+			t.Fatalf("replay = %d %q %q; want 1 replayed, 1 skipped", res.code, res.stdout, res.stderr)
+		}
+		sent := waitForSent(t, k.Brokers, r.out, r.in+"/0/0")
+		if string(sent.Key) != "7" {
+			t.Errorf("replayed event's notification-sent key = %q; want 7", sent.Key)
+		}
+		replayed := kafkatest.Consume(t, k.Brokers, r.in, 3, consumeTimeout)
+		if len(replayed) != 3 {
+			t.Fatalf("subscribe topic holds %d records; want 3", len(replayed))
+		}
+		last := replayed[2]
+		origin, _ := kafkatest.Header(last, "origin")
+		from, _ := kafkatest.Header(last, app.ReplayedFromKey)
+		_, poisoned := kafkatest.Header(last, "reason_poisoned")
+		if string(last.Key) != "7" || origin != "signup-form" || from != r.poison+"/0/0" || poisoned {
+			t.Errorf("replayed record = key %q origin %q replayed_from %q poison headers %v; want the original key and headers, the source, no poison headers",
+				last.Key, origin, from, poisoned)
+		}
+		again := runMain(t, "", nil, "replay", "--brokers", brokers, r.poison)
+		if again.code != 0 || !strings.Contains(again.stdout, "replayed 0 record(s)") {
+			t.Errorf("second replay = %d %q; want nothing left to replay", again.code, again.stdout)
+		}
+	})
 }
