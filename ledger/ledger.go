@@ -6,6 +6,12 @@
 // side effect and before that write (a window of one local disk write) can
 // repeat the side effect once; every other redelivery finds the entry and
 // skips it.
+//
+// The mark that the announcing event was published is cheaper: it is kept
+// in memory and written with the next entry, or at Close, so each side
+// effect costs one fsync, not two. A crash can lose the last marks; a
+// repeated event then publishes its announcement again, with the same
+// identity, which consumers drop.
 package ledger
 
 import (
@@ -15,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -37,7 +44,15 @@ type Entry struct {
 // Ledger is an open ledger file. It is safe for concurrent use.
 type Ledger struct {
 	db *bolt.DB
+
+	mu sync.Mutex
+	// published holds marks not yet written.
+	published map[string]bool
 }
+
+// maxPendingMarks bounds the marks kept in memory before they are written
+// on their own.
+const maxPendingMarks = 1024
 
 // Open opens or creates the ledger at path. Only one process can hold it;
 // a second fails after a second instead of waiting.
@@ -60,11 +75,17 @@ func Open(path string) (*Ledger, error) {
 		db.Close()
 		return nil, fmt.Errorf("init ledger %s: %w", path, err)
 	}
-	return &Ledger{db: db}, nil
+	return &Ledger{db: db, published: map[string]bool{}}, nil
 }
 
-// Close closes the file.
-func (l *Ledger) Close() error { return l.db.Close() }
+// Close writes pending marks and closes the file.
+func (l *Ledger) Close() error {
+	err := l.db.Update(l.flushMarks)
+	if cerr := l.db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // Lookup returns the entry for key, if there is one.
 func (l *Ledger) Lookup(key string) (Entry, bool, error) {
@@ -81,6 +102,11 @@ func (l *Ledger) Lookup(key string) (Entry, bool, error) {
 	if err != nil {
 		return Entry{}, false, fmt.Errorf("ledger lookup %s: %w", key, err)
 	}
+	if found && !e.Published {
+		l.mu.Lock()
+		e.Published = l.published[key]
+		l.mu.Unlock()
+	}
 	return e, found, nil
 }
 
@@ -91,7 +117,10 @@ func (l *Ledger) Record(key string, e Entry) error {
 		return fmt.Errorf("encode ledger entry: %w", err)
 	}
 	err = l.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucket).Put([]byte(key), raw)
+		if err := tx.Bucket(bucket).Put([]byte(key), raw); err != nil {
+			return err
+		}
+		return l.flushMarks(tx)
 	})
 	if err != nil {
 		return fmt.Errorf("ledger record %s: %w", key, err)
@@ -100,31 +129,59 @@ func (l *Ledger) Record(key string, e Entry) error {
 }
 
 // MarkPublished notes that the event announcing key's side effect was
-// published. A missing key is not an error.
+// published. The mark is written with the next Record, or at Close.
 func (l *Ledger) MarkPublished(key string) error {
-	err := l.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
+	l.mu.Lock()
+	l.published[key] = true
+	full := len(l.published) >= maxPendingMarks
+	l.mu.Unlock()
+	if !full {
+		return nil
+	}
+	if err := l.db.Update(l.flushMarks); err != nil {
+		return fmt.Errorf("ledger mark published: %w", err)
+	}
+	return nil
+}
+
+// flushMarks writes the pending marks in tx; they leave memory only once
+// tx commits, which bbolt's Update does before it returns.
+func (l *Ledger) flushMarks(tx *bolt.Tx) error {
+	l.mu.Lock()
+	keys := make([]string, 0, len(l.published))
+	for k := range l.published {
+		keys = append(keys, k)
+	}
+	l.mu.Unlock()
+	b := tx.Bucket(bucket)
+	for _, key := range keys {
 		raw := b.Get([]byte(key))
 		if raw == nil {
-			return nil
+			continue
 		}
 		var e Entry
 		if err := json.Unmarshal(raw, &e); err != nil {
 			return err
 		}
 		if e.Published {
-			return nil
+			continue
 		}
 		e.Published = true
 		updated, err := json.Marshal(e)
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(key), updated)
-	})
-	if err != nil {
-		return fmt.Errorf("ledger mark published %s: %w", key, err)
+		if err := b.Put([]byte(key), updated); err != nil {
+			return err
+		}
 	}
+	tx.OnCommit(func() {
+		l.mu.Lock()
+		for _, k := range keys {
+			delete(l.published, k)
+		}
+		l.mu.Unlock()
+	})
 	return nil
 }
 

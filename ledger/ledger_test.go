@@ -22,6 +22,9 @@ func TestLedgerSurvivesReopen(t *testing.T) {
 	if err := l.MarkPublished("welcome/1"); err != nil {
 		t.Fatalf("MarkPublished = %v", err)
 	}
+	if e, _, _ := l.Lookup("welcome/1"); !e.Published {
+		t.Error("Lookup after MarkPublished: Published = false; want true before the mark is written")
+	}
 	if err := l.MarkPublished("welcome/absent"); err != nil {
 		t.Fatalf("MarkPublished(absent) = %v; want nil", err)
 	}
