@@ -52,7 +52,20 @@ func run() int {
 	flag.DurationVar(&o.latencyFor, "latency-duration", 10*time.Second, "length of the latency run")
 	flag.StringVar(&o.out, "out", "bench", "directory for results.json and results.png")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of an in-process end-to-end router run to this file")
+	report := flag.String("report", "", "print the table and redraw the chart of an earlier results.json, without measuring")
 	flag.Parse()
+	if *report != "" {
+		res, err := readJSON(*report)
+		if err == nil {
+			printTable(os.Stdout, res)
+			err = writeChart(filepath.Join(filepath.Dir(*report), "results.png"), res)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	if o.short {
 		o.messages, o.repeats, o.latencyFor = 2000, 1, 2*time.Second
 	}

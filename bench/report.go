@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -16,19 +17,23 @@ import (
 func printTable(w io.Writer, r Results) {
 	fmt.Fprintf(w, "\neventrouter benchmark, %s\nbroker: %s\nmachine: %s\n%d messages of %d bytes, %d partitions, median of %d run(s)\n\n",
 		r.Date, r.Broker, r.Machine, r.Messages, r.Size, r.Partitions, r.Repeats)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	section := func(title string, rows []Row) {
 		fmt.Fprintf(tw, "%s\tmsgs/s\tvs sarama\tvs kafka tool\t\n", title)
 		for _, row := range rows {
 			if len(row.Runs) == 0 {
-				fmt.Fprintf(tw, "%s\t-\t-\t-\t%s\n", row.Name, row.Note)
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t  (%s)\n", row.Name, row.Note)
 				continue
 			}
 			tool := "-"
 			if row.VsKafkaTool > 0 {
-				tool = fmt.Sprintf("%.2fx", row.VsKafkaTool)
+				tool = ratio(row.VsKafkaTool)
 			}
-			fmt.Fprintf(tw, "%s\t%.0f\t%.2fx\t%s\t%s\n", row.Name, row.MsgsPerSec, row.VsSarama, tool, row.Note)
+			note := ""
+			if row.Note != "" {
+				note = "  (" + row.Note + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\n", row.Name, row.MsgsPerSec, ratio(row.VsSarama), tool, note)
 		}
 		fmt.Fprintln(tw, "\t\t\t\t")
 	}
@@ -49,39 +54,67 @@ func writeJSON(path string, r Results) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
-// writeChart draws each row's throughput relative to bare sarama.
+// writeChart draws each row's throughput relative to bare sarama, with
+// the absolute rate written beside each bar.
 func writeChart(path string, r Results) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("eventrouter vs bare sarama (= 1.0), %d x %d B, %s", r.Messages, r.Size, shortBroker(r.Broker))
-	p.Y.Label.Text = "throughput relative to bare sarama"
+	p.Title.Text = fmt.Sprintf("eventrouter vs bare sarama (= 1.0): %d messages of %d B, %d partitions, %s",
+		r.Messages, r.Size, r.Partitions, shortBroker(r.Broker))
 	var names []string
 	var values plotter.Values
-	for _, rows := range [][]Row{r.Consume, r.Publish} {
+	var labels plotter.XYLabels
+	add := func(kind string, rows []Row) {
 		for _, row := range rows {
-			kind := "consume"
-			if &rows[0] == &r.Publish[0] {
-				kind = "publish"
-			}
 			names = append(names, kind+": "+row.Name)
 			values = append(values, row.VsSarama)
+			text := "did not run"
+			if len(row.Runs) > 0 {
+				text = fmt.Sprintf("  %.0f msgs/s (%s)", row.MsgsPerSec, ratio(row.VsSarama))
+			}
+			labels.XYs = append(labels.XYs, plotter.XY{X: row.VsSarama, Y: float64(len(values) - 1)})
+			labels.Labels = append(labels.Labels, text)
 		}
 	}
-	bars, err := plotter.NewBarChart(values, vg.Points(22))
+	add("consume", r.Consume)
+	add("publish", r.Publish)
+	bars, err := plotter.NewBarChart(values, vg.Points(18))
 	if err != nil {
 		return err
 	}
 	bars.Color = plotutil.Color(0)
 	bars.Horizontal = true
-	p.Add(bars)
+	text, err := plotter.NewLabels(labels)
+	if err != nil {
+		return err
+	}
+	p.Add(bars, text)
 	p.NominalY(names...)
-	p.X.Label.Text = "ratio to bare sarama (consume: consumer group; publish: async producer)"
-	p.Y.Label.Text = ""
-	return p.Save(11*vg.Inch, 5*vg.Inch, path)
+	p.X.Min, p.X.Max = 0, 1.45
+	p.X.Label.Text = "throughput relative to bare sarama (consume: consumer group; publish: async producer)"
+	return p.Save(12*vg.Inch, 5*vg.Inch, path)
+}
+
+// ratio prints small ratios with enough digits to tell them apart.
+func ratio(x float64) string {
+	if x < 0.1 {
+		return fmt.Sprintf("%.3fx", x)
+	}
+	return fmt.Sprintf("%.2fx", x)
 }
 
 func shortBroker(b string) string {
-	if len(b) > 20 {
-		return b[:20]
+	if i := strings.Index(b, " ("); i > 0 {
+		return b[:i]
 	}
 	return b
+}
+
+// readJSON loads results written by an earlier run.
+func readJSON(path string) (Results, error) {
+	var r Results
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return r, err
+	}
+	return r, json.Unmarshal(b, &r)
 }
