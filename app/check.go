@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"strings"
 
@@ -28,9 +27,6 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	raw, err := os.ReadFile(*path)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s: %v\n", *path, err)
-		if errors.Is(err, fs.ErrNotExist) {
-			return ExitUsage
-		}
 		return ExitUsage
 	}
 	cfg, problems := config.Check(raw, env.Getenv)

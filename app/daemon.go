@@ -68,9 +68,11 @@ type Daemon struct {
 	metrics  *metrics
 	running  chan struct{}
 	stopping atomic.Bool
-	gates    map[string]*drain.Gate
-	opsAddr  atomic.Pointer[string]
-	probe    sarama.Client
+	// gates stand between each route's consumer group and its
+	// subscriber, by route name; fixed in New.
+	gates   map[string]*drain.Gate
+	opsAddr atomic.Pointer[string]
+	probe   sarama.Client
 }
 
 // New checks cfg against the handler registry and builds a daemon. It
@@ -102,10 +104,14 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := newMetrics(prom)
 	deps.Notifier = countingNotifier{Notifier: deps.Notifier, sent: m.notifications}
+	gates := map[string]*drain.Gate{}
+	for _, r := range cfg.Routes {
+		gates[r.Name] = drain.New()
+	}
 	return &Daemon{
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
 		tracing: opts.TracerProvider, prom: prom, metrics: m,
-		running: make(chan struct{}), gates: map[string]*drain.Gate{},
+		running: make(chan struct{}), gates: gates,
 	}, nil
 }
 
@@ -235,9 +241,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	wmetrics.NewPrometheusMetricsBuilder(d.prom, "eventrouter", "watermill").AddPrometheusRouterMetrics(router)
 	for _, r := range d.cfg.Routes {
-		gate := drain.New()
-		d.gates[r.Name] = gate
-		rd := routeDeps{brokers: brokers, pub: pub, gate: gate, ledger: l, handler: deps, wlog: wlog, tracer: tracer}
+		rd := routeDeps{brokers: brokers, pub: pub, gate: d.gates[r.Name], ledger: l, handler: deps, wlog: wlog, tracer: tracer}
 		if err := d.addRoute(router, r, rd); err != nil {
 			return fmt.Errorf("route %s: %w", r.Name, err)
 		}
@@ -270,9 +274,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.stopping.Store(true)
 	d.logger.Info("stopping: finishing in-flight messages", "in_flight", d.inFlight(),
 		"timeout", d.cfg.Router.ShutdownTimeout.String())
+	for _, gate := range d.gates {
+		gate.Stop()
+	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), d.cfg.Router.ShutdownTimeout)
 	for _, gate := range d.gates {
-		if err := gate.Drain(drainCtx); err != nil {
+		if err := gate.Wait(drainCtx); err != nil {
 			d.logger.Warn("in-flight messages did not finish in time; they will be redelivered",
 				"in_flight", d.inFlight(), "timeout", d.cfg.Router.ShutdownTimeout.String())
 			break

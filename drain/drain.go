@@ -47,7 +47,18 @@ func (g *Gate) InSession() bool { return g.sessions.Load() > 0 }
 // Drain stops handing out records and waits until every record already
 // handed out was marked, or its partition was revoked, or ctx is done.
 func (g *Gate) Drain(ctx context.Context) error {
+	g.Stop()
+	return g.Wait(ctx)
+}
+
+// Stop stops handing out records; records already handed out go on.
+func (g *Gate) Stop() {
 	g.stopOnce.Do(func() { close(g.stop) })
+}
+
+// Wait waits until every record handed out was marked, or its partition
+// was revoked, or ctx is done.
+func (g *Gate) Wait(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for g.inFlight.Load() > 0 {
