@@ -1,19 +1,16 @@
 package app_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama"
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/kafkatest"
@@ -51,7 +48,7 @@ func startProcess(t *testing.T, bin, configPath string, brokers []string) *proce
 	t.Cleanup(func() {
 		p.signal(syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("eventrouter pid %d log tail:\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 40))
+			t.Logf("eventrouter pid %d log tail:\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 60))
 		}
 	})
 	return p
@@ -88,81 +85,40 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// sentCounter follows a notification-sent topic and counts records and
-// distinct source events.
-type sentCounter struct {
-	mu       sync.Mutex
-	total    int
-	distinct map[string]int
-}
-
-func followSent(t *testing.T, brokers []string, topic string) *sentCounter {
+// tallySent reads every notification-sent record in topic and returns how
+// many there are and how many distinct source events they cover.
+func tallySent(t *testing.T, brokers []string, topic string) (total, distinct int) {
 	t.Helper()
-	c := &sentCounter{distinct: map[string]int{}}
-	client, err := sarama.NewClient(brokers, kafkatest.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	consumer, err := sarama.NewConsumerFromClient(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		cancel()
-		consumer.Close()
-		wg.Wait()
-		client.Close()
-	})
-	partitions, err := client.Partitions(topic)
-	if err != nil {
-		t.Fatalf("partitions of %s: %v", topic, err)
-	}
-	for _, p := range partitions {
-		// A new topic's partitions may not be served yet.
-		var pc sarama.PartitionConsumer
-		for try := 0; ; try++ {
-			if pc, err = consumer.ConsumePartition(topic, p, sarama.OffsetOldest); err == nil {
-				break
-			}
-			if try == 100 {
-				t.Fatalf("consume %s/%d: %v", topic, p, err)
-			}
-			time.Sleep(200 * time.Millisecond)
-			_ = client.RefreshMetadata(topic)
+	n := count(t, brokers, topic)
+	seen := map[string]bool{}
+	recs := kafkatest.Consume(t, brokers, topic, int(n), consumeTimeout)
+	for _, rec := range recs {
+		var ev struct {
+			SourceEventID string `json:"source_event_id"`
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer pc.AsyncClose()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case m, ok := <-pc.Messages():
-					if !ok {
-						return
-					}
-					var ev struct {
-						SourceEventID string `json:"source_event_id"`
-					}
-					_ = json.Unmarshal(m.Value, &ev)
-					c.mu.Lock()
-					c.total++
-					c.distinct[ev.SourceEventID]++
-					c.mu.Unlock()
-				}
-			}
-		}()
+		_ = json.Unmarshal(rec.Value, &ev)
+		seen[ev.SourceEventID] = true
 	}
-	return c
+	return len(recs), len(seen)
 }
 
-func (c *sentCounter) counts() (total, distinct int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.total, len(c.distinct)
+// waitForDistinct waits until topic's notification-sent records cover want
+// distinct events, reading the broker's offsets between full reads.
+func waitForDistinct(t *testing.T, brokers []string, topic string, want int, timeout time.Duration) (total, distinct int) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if count(t, brokers, topic) >= int64(want) {
+			if total, distinct = tallySent(t, brokers, topic); distinct >= want {
+				return total, distinct
+			}
+		}
+		if time.Now().After(deadline) {
+			total, distinct = tallySent(t, brokers, topic)
+			t.Fatalf("after %s, %s covers %d distinct events in %d records; want %d", timeout, topic, distinct, total, want)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func writeConfig(t *testing.T, r route) string {
@@ -174,7 +130,7 @@ kafka:
 ledger:
   path: ${EVENTROUTER_TEST_LEDGER}
 log:
-  level: warn
+  level: info
 routes:
   - name: welcome
     handler: notification
@@ -214,7 +170,6 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 		kafkatest.CreateTopic(t, k.Brokers, r.in, 6)
 		kafkatest.CreateTopic(t, k.Brokers, r.out, 6)
 		path := writeConfig(t, r)
-		sent := followSent(t, k.Brokers, r.out)
 
 		procs := []*process{
 			startProcess(t, bin, path, k.Brokers),
@@ -223,19 +178,19 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 		}
 		produceEvents(t, k.Brokers, r.in, 0, events)
 
-		waitFor(t, 3*time.Minute, "a third of the events", func() bool { _, d := sent.counts(); return d >= events/3 })
+		waitFor(t, 3*time.Minute, "a third of the events", func() bool { return count(t, k.Brokers, r.out) >= events/3 })
 		victim := procs[0]
 		victim.signal(syscall.SIGKILL)
-		_, atKill := sent.counts()
+		atKill := count(t, k.Brokers, r.out)
 		t.Logf("SIGKILL pid %d after %d of %d events", victim.cmd.Process.Pid, atKill, events)
 
-		waitFor(t, 5*time.Minute, "every event handled", func() bool { _, d := sent.counts(); return d >= events })
+		waitForDistinct(t, k.Brokers, r.out, events, 5*time.Minute)
 		for _, p := range procs[1:] {
 			if err := p.stop(t); err != nil {
 				t.Errorf("SIGTERM: %v", err)
 			}
 		}
-		total, distinct := sent.counts()
+		total, distinct := tallySent(t, k.Brokers, r.out)
 		if distinct != events {
 			t.Errorf("%d distinct events handled; want %d", distinct, events)
 		}
@@ -267,26 +222,22 @@ func testBrokerRestart(t *testing.T, brokers []string, stopBroker, startBroker f
 	const events = 400
 	r := newRoute()
 	kafkatest.CreateTopic(t, brokers, r.out, 1)
-	sent := followSent(t, brokers, r.out)
 	cfg := testConfig(t, brokers, r, "")
 	notifier := &recorder{}
 	d := startDaemon(t, cfg, app.Options{Notifier: notifier})
 	produceEvents(t, brokers, r.in, 0, events/2)
-	waitFor(t, consumeTimeout, "the first half handled", func() bool { _, d := sent.counts(); return d >= events/2 })
+	waitForDistinct(t, brokers, r.out, events/2, consumeTimeout)
 
 	stopBroker()
 	time.Sleep(3 * time.Second) // the daemon notices and keeps trying
 	startBroker()
 
 	produceEvents(t, brokers, r.in, events/2, events)
-	waitFor(t, 3*time.Minute, "every event handled after the restart", func() bool {
-		_, d := sent.counts()
-		return d >= events
-	})
+	waitForDistinct(t, brokers, r.out, events, 3*time.Minute)
 	if err := d.stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	total, distinct := sent.counts()
+	total, distinct := tallySent(t, brokers, r.out)
 	if distinct != events {
 		t.Errorf("%d distinct events handled across the broker restart; want %d", distinct, events)
 	}
