@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/kafkatest"
 )
