@@ -2,7 +2,6 @@ package app_test
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -160,24 +159,8 @@ func TestSIGKILLWhileSendingEmails(t *testing.T) {
 		const users = 300
 		mail := mailtest.Start(t)
 		r := newRoute()
-		dir := t.TempDir()
-		path := filepath.Join(dir, "eventrouter.yaml")
-		raw := fmt.Sprintf(`
-kafka:
-  brokers: [unused:9092]
-ledger:
-  path: %s
-log:
-  level: warn
-routes:
-  - handler: notification
-    subscribe_topic: %s
-    consumer_group: %s
-    publish_topic: %s
-%s`, filepath.Join(dir, "ledger.db"), r.in, r.group, r.out, smtpYAML(mail))
-		if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		// One ledger across the restarts, as one instance keeps it.
+		path := writeConfig(t, r, filepath.Join(t.TempDir(), "ledger.db"), smtpYAML(mail))
 		produceEvents(t, k.Brokers, r.in, 0, users)
 
 		p := startProcess(t, bin, path, k.Brokers)

@@ -120,14 +120,21 @@ func waitForDistinct(t *testing.T, brokers []string, topic string, want int, tim
 	}
 }
 
-func writeConfig(t *testing.T, r route) string {
+// writeConfig writes the config file of `eventrouter run` processes: the
+// brokers come from the environment (startProcess), and the ledger from
+// ledger, or, when that is empty, from each process's own
+// EVENTROUTER_TEST_LEDGER.
+func writeConfig(t *testing.T, r route, ledger, extra string) string {
 	t.Helper()
+	if ledger == "" {
+		ledger = "${EVENTROUTER_TEST_LEDGER}"
+	}
 	path := filepath.Join(t.TempDir(), "eventrouter.yaml")
 	raw := fmt.Sprintf(`
 kafka:
   brokers: [unused:9092]
 ledger:
-  path: ${EVENTROUTER_TEST_LEDGER}
+  path: %s
 log:
   level: info
 routes:
@@ -136,7 +143,7 @@ routes:
     subscribe_topic: %s
     consumer_group: %s
     publish_topic: %s
-`, r.in, r.group, r.out)
+%s`, ledger, r.in, r.group, r.out, extra)
 	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +175,7 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 		r := newRoute()
 		kafkatest.CreateTopic(t, k.Brokers, r.in, 6)
 		kafkatest.CreateTopic(t, k.Brokers, r.out, 6)
-		path := writeConfig(t, r)
+		path := writeConfig(t, r, "", "")
 
 		procs := []*process{
 			startProcess(t, bin, path, k.Brokers),
