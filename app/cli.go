@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 
+	"github.com/IBM/sarama"
+
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/msglog"
 )
@@ -94,6 +96,9 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitUsage
 	}
 	logger := newLogger(cfg.Log, env.Stderr)
+	if cfg.Log.Level == "debug" {
+		bridgeSaramaLog(logger)
+	}
 	d, err := New(cfg, logger, Options{Getenv: env.Getenv})
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter: %s\n", oneLine(err))
@@ -104,6 +109,16 @@ func runCommand(ctx context.Context, args []string, env Env) int {
 		return ExitError
 	}
 	return ExitOK
+}
+
+// bridgeSaramaLog sends sarama's own log lines (connections, consumer
+// group joins, rebalances, lost partitions) to logger at debug level: they
+// are many at start-up and of use when diagnosing a rebalance. Sarama
+// keeps its logger in a package variable read without a lock, so the run
+// command sets it, at log level debug only, before the process's first
+// client exists.
+func bridgeSaramaLog(logger *slog.Logger) {
+	sarama.Logger = slog.NewLogLogger(logger.With("component", "sarama").Handler(), slog.LevelDebug)
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -22,6 +22,7 @@ func saramaConfig(cfg config.Kafka) *sarama.Config {
 	c.Version, _ = sarama.ParseKafkaVersion(cfg.Version)
 	c.ClientID = cfg.ClientID
 	c.Net.DialTimeout = cfg.DialTimeout
+	c.Net.ReadTimeout = cfg.RequestTimeout
 	c.Metadata.Retry.Backoff = 250 * time.Millisecond
 	return c
 }
@@ -34,6 +35,16 @@ func subscriberConfig(cfg config.Kafka) *sarama.Config {
 	// so events published before the router first started are not lost.
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
 	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
+	c.Consumer.Group.Session.Timeout = cfg.SessionTimeout
+	c.Consumer.Group.Heartbeat.Interval = cfg.HeartbeatInterval
+	c.Consumer.Group.Rebalance.Timeout = cfg.RebalanceTimeout
+	// The coordinator holds a JoinGroup until every member has rejoined,
+	// and a SyncGroup until the leader has sent the assignment, each up to
+	// the rebalance timeout. sarama has one read timeout for all requests;
+	// were it shorter, members would time out of a slow rebalance, rejoin
+	// and restart it, again and again (IBM/sarama#2820). Kafka's Java
+	// client likewise waits the rebalance timeout plus 5s for a join.
+	c.Net.ReadTimeout = max(cfg.RequestTimeout, cfg.RebalanceTimeout+5*time.Second)
 	return c
 }
 

@@ -45,12 +45,46 @@ func startProcess(t *testing.T, bin, configPath string, brokers []string) *proce
 	}
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() {
-		p.signal(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("eventrouter pid %d log tail:\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 60))
+		if !t.Failed() {
+			p.signal(syscall.SIGKILL)
+			return
+		}
+		// A still-running process is asked for a goroutine dump first:
+		// what it is stuck on is the most useful line of a failure.
+		p.signal(syscall.SIGQUIT)
+		select {
+		case err := <-p.done:
+			p.done <- err
+		case <-time.After(5 * time.Second):
+			p.signal(syscall.SIGKILL)
+		}
+		logs, dump, _ := strings.Cut(p.logs.String(), "\ngoroutine ")
+		t.Logf("eventrouter pid %d log tail:\n%s", p.cmd.Process.Pid, tail(logs, 40))
+		if dump != "" {
+			t.Logf("eventrouter pid %d goroutines blocked for a minute or more:\n%s", p.cmd.Process.Pid, longBlocked("goroutine "+dump, 150))
 		}
 	})
 	return p
+}
+
+// longBlocked returns the goroutines of a Go goroutine dump that were
+// blocked for a minute or more, at most n lines of them.
+func longBlocked(dump string, n int) string {
+	var out []string
+	for _, g := range strings.Split(dump, "\n\n") {
+		header, _, _ := strings.Cut(g, "\n")
+		if strings.Contains(header, "minutes]") {
+			out = append(out, strings.Split(g, "\n")...)
+			out = append(out, "")
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	if len(out) > n {
+		out = append(out[:n], "...")
+	}
+	return strings.Join(out, "\n")
 }
 
 func (p *process) signal(sig syscall.Signal) {
@@ -136,7 +170,7 @@ kafka:
 ledger:
   path: %s
 log:
-  level: info
+  level: debug
 routes:
   - name: welcome
     handler: notification
@@ -182,6 +216,21 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 			startProcess(t, bin, path, k.Brokers),
 			startProcess(t, bin, path, k.Brokers),
 		}
+		// Registered after the processes, so it runs while they are alive.
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("at failure:\n%s", kafkatest.GroupReport(k.Brokers, r.group, r.in))
+			}
+		})
+		// The stream starts once all three have joined, so the kill lands
+		// mid-stream in a settled group. The embedded broker (kfake) never
+		// expires a member that dies while the broker holds its JoinGroup:
+		// it starts the session timer only once the join's answer is
+		// delivered. Apache Kafka expires such a member after
+		// session_timeout; see the README's limits of the embedded broker.
+		waitFor(t, 2*time.Minute, "three processes in a stable group", func() bool {
+			return kafkatest.GroupStable(k.Brokers, r.group, r.in, len(procs))
+		})
 		produceEvents(t, k.Brokers, r.in, 0, events)
 
 		waitFor(t, 3*time.Minute, "a third of the events", func() bool { return count(t, k.Brokers, r.out) >= events/3 })

@@ -59,6 +59,23 @@ type Kafka struct {
 	Version string `yaml:"version"`
 	// DialTimeout bounds each connection attempt to a broker.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// RequestTimeout bounds the wait for a broker's answer to a request
+	// (Kafka's request.timeout.ms). A consumer group's join waits at least
+	// RebalanceTimeout plus five seconds, as the broker may hold it that
+	// long.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// SessionTimeout is how long a consumer group member may go without a
+	// heartbeat before the broker gives its partitions to the others
+	// (Kafka's session.timeout.ms): how soon a killed instance's
+	// partitions move.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// HeartbeatInterval is how often a member heartbeats (Kafka's
+	// heartbeat.interval.ms); at most a third of SessionTimeout.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// RebalanceTimeout is how long a rebalance waits for every member to
+	// finish the records it has in flight and rejoin (Kafka's
+	// max.poll.interval.ms, as a join's rebalance timeout).
+	RebalanceTimeout time.Duration `yaml:"rebalance_timeout"`
 	// Embedded runs a Kafka-protocol broker inside the daemon.
 	Embedded Embedded `yaml:"embedded"`
 }
@@ -214,9 +231,13 @@ func Defaults() Config {
 	maxRetries := 5
 	return Config{
 		Kafka: Kafka{
-			ClientID:    "eventrouter",
-			Version:     "3.6.0",
-			DialTimeout: 10 * time.Second,
+			ClientID:          "eventrouter",
+			Version:           "3.6.0",
+			DialTimeout:       10 * time.Second,
+			RequestTimeout:    30 * time.Second,
+			SessionTimeout:    10 * time.Second,
+			HeartbeatInterval: 3 * time.Second,
+			RebalanceTimeout:  60 * time.Second,
 			Embedded: Embedded{
 				Listen:                 "127.0.0.1:9092",
 				Partitions:             1,
@@ -375,6 +396,20 @@ func (c Config) Problems() []error {
 	}
 	if k.DialTimeout <= 0 {
 		add("kafka.dial_timeout", "must be positive, got %s", k.DialTimeout)
+	}
+	if k.RequestTimeout <= 0 {
+		add("kafka.request_timeout", "must be positive, got %s", k.RequestTimeout)
+	}
+	// Apache Kafka's default group.min.session.timeout.ms and
+	// group.max.session.timeout.ms: brokers refuse joins outside them.
+	if k.SessionTimeout < 6*time.Second || k.SessionTimeout > 30*time.Minute {
+		add("kafka.session_timeout", "must be between 6s and 30m, got %s", k.SessionTimeout)
+	}
+	if k.HeartbeatInterval <= 0 || k.HeartbeatInterval*3 > k.SessionTimeout {
+		add("kafka.heartbeat_interval", "must be positive and at most a third of kafka.session_timeout (%s), got %s", k.SessionTimeout, k.HeartbeatInterval)
+	}
+	if k.RebalanceTimeout < time.Second {
+		add("kafka.rebalance_timeout", "must be at least 1s, got %s", k.RebalanceTimeout)
 	}
 	if c.Router.ShutdownTimeout <= 0 {
 		add("router.shutdown_timeout", "must be positive, got %s", c.Router.ShutdownTimeout)
