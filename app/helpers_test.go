@@ -33,6 +33,17 @@ func newRoute() route {
 	return route{in: in, out: in + ".sent", poison: in + ".poison", group: in + "-group"}
 }
 
+// yaml returns the routes section that runs the notification handler on r.
+func (r route) yaml() string {
+	return fmt.Sprintf(`routes:
+  - name: welcome
+    handler: notification
+    subscribe_topic: %s
+    consumer_group: %s
+    publish_topic: %s
+`, r.in, r.group, r.out)
+}
+
 // testConfig loads a config through the same path as the daemon, with
 // short retry intervals.
 func testConfig(t *testing.T, brokers []string, r route, extra string) config.Config {
@@ -50,13 +61,7 @@ retry:
   max_interval: 50ms
   outage_interval: 100ms
   outage_max_interval: 1s
-routes:
-  - name: welcome
-    handler: notification
-    subscribe_topic: %s
-    consumer_group: %s
-    publish_topic: %s
-%s`, strings.Join(brokers, ","), filepath.Join(t.TempDir(), "ledger.db"), r.in, r.group, r.out, extra)
+%s%s`, strings.Join(brokers, ","), filepath.Join(t.TempDir(), "ledger.db"), r.yaml(), extra)
 	cfg, err := config.Parse([]byte(raw), func(string) string { return "" })
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)

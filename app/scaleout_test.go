@@ -171,13 +171,7 @@ ledger:
   path: %s
 log:
   level: debug
-routes:
-  - name: welcome
-    handler: notification
-    subscribe_topic: %s
-    consumer_group: %s
-    publish_topic: %s
-%s`, ledger, r.in, r.group, r.out, extra)
+%s%s`, ledger, r.yaml(), extra)
 	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
 		t.Fatal(err)
 	}
