@@ -1,5 +1,5 @@
 # The README's commands. `make test` is what CI runs.
-.PHONY: build run test bench bench-embedded bench-short kafka-start kafka-stop
+.PHONY: build run test fuzz bench bench-embedded bench-short kafka-start kafka-stop
 
 build:
 	go build -o eventrouter .
@@ -8,9 +8,14 @@ run: build
 	./eventrouter run
 
 # Starts a real Kafka broker (if none is running), runs the whole suite
-# against it and against the embedded broker, and stops what it started.
+# with the race detector against it and against the embedded broker, and
+# stops what it started.
 test:
 	scripts/test.sh
+
+# Runs every fuzz target for FUZZTIME each (default 20s); CI runs it.
+fuzz:
+	scripts/fuzz.sh
 
 # Measures the router against bare sarama and Kafka's perf tools on a real
 # broker (started if needed); writes bench/results.json and bench/results.png.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/IBM/sarama"
@@ -15,14 +16,27 @@ import (
 )
 
 // checkCommand validates a configuration without running it, and with
-// --live also asks the brokers about every route's topics.
+// --live also asks the brokers about every route's topics. The file is
+// named by --config or by the one argument.
 func checkCommand(ctx context.Context, args []string, env Env) int {
 	fset := flag.NewFlagSet("eventrouter config check", flag.ContinueOnError)
 	fset.SetOutput(env.Stderr)
-	path := fset.String("config", config.DefaultPath, "configuration `file`")
+	path := fset.String("config", config.DefaultPath, "configuration `file` (or give it as the argument)")
 	live := fset.Bool("live", false, "also connect to the brokers and report each route's topics")
-	if err := fset.Parse(args); err != nil {
+	files, err := parseInterspersed(fset, args)
+	if err != nil {
 		return flagExit(err)
+	}
+	switch {
+	case len(files) > 1:
+		fmt.Fprintf(env.Stderr, "eventrouter config check: one configuration file at most, got %d: %s\n", len(files), strings.Join(files, " "))
+		return ExitUsage
+	case len(files) == 1:
+		if flagSet(fset, "config") && filepath.Clean(*path) != filepath.Clean(files[0]) {
+			fmt.Fprintf(env.Stderr, "eventrouter config check: --config %s and argument %s name different files; give one\n", *path, files[0])
+			return ExitUsage
+		}
+		*path = files[0]
 	}
 	raw, err := os.ReadFile(*path)
 	if err != nil {
@@ -30,15 +44,14 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 		return ExitUsage
 	}
 	cfg, problems := config.Check(raw, env.Getenv)
-	if len(problems) == 0 {
-		// The handler registry and the notifier are checked where the
-		// daemon checks them; New makes no connection.
-		_, err := New(cfg, discardLogger(), Options{Getenv: env.Getenv})
-		if err != nil {
-			problems = splitJoined(err)
-			expanded, _ := config.Expand(raw, env.Getenv)
-			config.Locate(expanded, problems)
-		}
+	// The handler registry, the notifier and the ops token are checked
+	// where the daemon checks them; New makes no connection. Its checks
+	// do not depend on each other, so they run on a config with problems
+	// too; what they say about a key already reported is left out.
+	if _, err := New(cfg, discardLogger(), Options{Getenv: env.Getenv}); err != nil {
+		problems = config.Add(problems, splitJoined(err)...)
+		config.Locate(raw, problems)
+		config.Sort(problems)
 	}
 	if len(problems) > 0 {
 		for _, p := range problems {
@@ -59,6 +72,33 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 		return ExitError
 	}
 	return ExitOK
+}
+
+// parseInterspersed parses the flags in args wherever they are, and
+// returns the other arguments.
+func parseInterspersed(fset *flag.FlagSet, args []string) ([]string, error) {
+	var rest []string
+	for {
+		if err := fset.Parse(args); err != nil {
+			return nil, err
+		}
+		if fset.NArg() == 0 {
+			return rest, nil
+		}
+		// After "--" every argument is an argument.
+		if len(args) > fset.NArg() && args[len(args)-fset.NArg()-1] == "--" {
+			return append(rest, fset.Args()...), nil
+		}
+		rest = append(rest, fset.Arg(0))
+		args = fset.Args()[1:]
+	}
+}
+
+// flagSet reports whether the flag name was given.
+func flagSet(fset *flag.FlagSet, name string) bool {
+	set := false
+	fset.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func describeBrokers(cfg config.Config) string {

@@ -31,7 +31,7 @@ Usage:
   eventrouter run [--config FILE]        run the router daemon
   eventrouter publish [flags] [EVENT]    publish EVENT, or one event per line of stdin
   eventrouter replay [flags] POISON_TOPIC   send poisoned records back to the topic they failed on
-  eventrouter config check [--config FILE] [--live]
+  eventrouter config check [--live] [FILE | --config FILE]
                                          validate a configuration (and, with --live, its brokers and topics)
 
 Run "eventrouter COMMAND --help" for a command's flags.
@@ -66,7 +66,7 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return replayCommand(ctx, args[1:], env)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
-			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--config FILE] [--live]\n")
+			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--live] [FILE | --config FILE]\n")
 			return ExitUsage
 		}
 		return checkCommand(ctx, args[2:], env)

@@ -73,6 +73,12 @@ type Daemon struct {
 	gates   map[string]*drain.Gate
 	opsAddr atomic.Pointer[string]
 	probe   sarama.Client
+	// breakers pause each route while a dependency is down, by route
+	// name; made in Run before the ops server starts.
+	breakers map[string]*retry.Breaker
+	// opsToken is the bearer token the ops server requires; read in New,
+	// so that a missing one fails `config check` as it fails `run`.
+	opsToken string
 }
 
 // New checks cfg against the handler registry and builds a daemon. It
@@ -82,20 +88,44 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	if registry == nil {
 		registry = handlers.Registry()
 	}
-	if err := checkRoutes(cfg.Routes, registry); err != nil {
-		return nil, err
-	}
 	getenv := opts.Getenv
 	if getenv == nil {
 		getenv = os.Getenv
 	}
+	// Every check runs, so that `config check` reports all problems at
+	// once; none needs another to have passed.
+	var errs []error
+	if err := checkRoutes(cfg.Routes, registry); err != nil {
+		errs = append(errs, splitJoined(err)...)
+	}
 	deps := handlers.Deps{Notifier: opts.Notifier, Now: opts.Now}
-	if deps.Notifier == nil {
+	switch {
+	case deps.Notifier != nil:
+	case cfg.Notifier.Kind != "log" && cfg.Notifier.Kind != "none" && cfg.Notifier.Kind != "smtp":
+		errs = append(errs, &config.KeyError{Key: "notifier.kind", Msg: fmt.Sprintf("unknown notifier %q; known: log, smtp, none", cfg.Notifier.Kind)})
+	default:
 		n, err := newNotifier(cfg.Notifier, getenv, logger)
 		if err != nil {
-			return nil, err
+			errs = append(errs, err)
 		}
 		deps.Notifier = n
+	}
+	var token string
+	if cfg.Ops.Enabled {
+		var err error
+		if token, err = readOpsToken(cfg.Ops, getenv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// The Kafka clients refuse these settings only when they connect.
+	for _, c := range []*sarama.Config{subscriberConfig(cfg.Kafka), publisherConfig(cfg.Kafka)} {
+		if err := c.Validate(); err != nil {
+			errs = append(errs, &config.KeyError{Key: "kafka", Msg: strings.TrimPrefix(err.Error(), "kafka: ")})
+			break
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	if deps.Now == nil {
 		deps.Now = time.Now
@@ -111,7 +141,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	return &Daemon{
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
 		tracing: opts.TracerProvider, prom: prom, metrics: m,
-		running: make(chan struct{}), gates: gates,
+		running: make(chan struct{}), gates: gates, opsToken: token,
 	}, nil
 }
 
@@ -144,7 +174,7 @@ func newNotifier(cfg config.Notifier, getenv func(string) string, logger *slog.L
 	n, err := notify.NewSMTP(notify.SMTPConfig{
 		Host: s.Host, Port: s.Port, TLS: s.TLS, Username: s.Username, Password: password,
 		From: s.From, Timeout: s.Timeout,
-	}, templates)
+	}, templates, logger.With("component", "notifier"))
 	if err != nil {
 		return nil, &config.KeyError{Key: "notifier.smtp", Msg: err.Error()}
 	}
@@ -202,7 +232,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}()
 	deps := d.deps
-	deps.Ledger = l
+	deps.Ledger = timedLedger{Ledger: l, seconds: d.metrics.ledgerRecord}
+	deps.Logger = d.logger
+	deps.Skipped = func(ctx context.Context, template string) {
+		d.metrics.skipped.WithLabelValues(message.HandlerNameFromCtx(ctx), template).Inc()
+	}
 
 	tp := d.tracing
 	if tp == nil {
@@ -227,6 +261,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}()
 
+	// Before the ops server, whose readiness check reads them.
+	d.breakers = make(map[string]*retry.Breaker, len(d.cfg.Routes))
+	for _, r := range d.cfg.Routes {
+		d.breakers[r.Name] = d.newBreaker(r)
+	}
 	if d.cfg.Ops.Enabled {
 		stopOps, err := d.startOps(brokers)
 		if err != nil {
@@ -239,9 +278,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create router: %w", err)
 	}
-	wmetrics.NewPrometheusMetricsBuilder(d.prom, "eventrouter", "watermill").AddPrometheusRouterMetrics(router)
+	// Only the handler metric: Watermill's publisher and subscriber
+	// decorators label their series with Go type names.
+	handlerMetrics := wmetrics.NewPrometheusMetricsBuilder(d.prom, "eventrouter", "watermill").NewRouterMiddleware()
 	for _, r := range d.cfg.Routes {
-		rd := routeDeps{brokers: brokers, pub: pub, gate: d.gates[r.Name], ledger: l, handler: deps, wlog: wlog, tracer: tracer}
+		rd := routeDeps{brokers: brokers, pub: pub, gate: d.gates[r.Name], ledger: l, handler: deps, wlog: wlog,
+			tracer: tracer, handlerMetrics: handlerMetrics.Middleware}
 		if err := d.addRoute(router, r, rd); err != nil {
 			return fmt.Errorf("route %s: %w", r.Name, err)
 		}
@@ -306,6 +348,8 @@ type routeDeps struct {
 	handler handlers.Deps
 	wlog    watermill.LoggerAdapter
 	tracer  trace.Tracer
+	// handlerMetrics is Watermill's handler execution histogram.
+	handlerMetrics message.HandlerMiddleware
 }
 
 // addRoute subscribes a route's consumer group and adds its handler with
@@ -316,33 +360,15 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 		return err
 	}
 
-	logger := d.logger.With("route", r.Name)
-	handle := d.registry[r.Handler].New(deps.handler)
 	// Every route's series exist from the start, at zero.
 	d.metrics.handled.WithLabelValues(r.Name)
 	d.metrics.retried.WithLabelValues(r.Name)
 	d.metrics.poisoned.WithLabelValues(r.Name)
-	d.metrics.paused.WithLabelValues(r.Name).Set(0)
-	// The router closes a handler's publisher when the handler stops; the
-	// publisher is shared, so the daemon closes it, last.
-	shared := unclosable{deps.pub}
-	var h *message.Handler
-	if r.PublishTopic == "" {
-		h = router.AddConsumerHandler(r.Name, r.SubscribeTopic, sub, func(msg *message.Message) error {
-			out, err := handle(msg)
-			if err == nil && len(out) > 0 {
-				err = retry.Permanent(fmt.Errorf("handler %s produced %d events but the route has no publish_topic", r.Handler, len(out)))
-			}
-			return err
-		})
-	} else {
-		h = router.AddHandler(r.Name, r.SubscribeTopic, sub, r.PublishTopic,
-			ledgerPublisher{Publisher: shared, ledger: deps.ledger, logger: logger}, handle)
-	}
+	d.metrics.skipped.WithLabelValues(r.Name, handlers.WelcomeTemplate)
 
 	poison, err := middleware.PoisonQueueWithFilter(
 		// The message's context carries the route for the log line.
-		poisonPublisher{Publisher: shared, logger: d.logger, poisoned: d.metrics.poisoned.WithLabelValues(r.Name)},
+		poisonPublisher{Publisher: deps.pub, logger: d.logger, poisoned: d.metrics.poisoned.WithLabelValues(r.Name)},
 		r.PoisonTopic,
 		// A cancelled context means the subscriber is closing: the record
 		// is not acked and comes back after the restart, unpoisoned.
@@ -351,18 +377,59 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	if err != nil {
 		return fmt.Errorf("poison queue: %w", err)
 	}
-	retrying := middleware.Retry{
-		MaxRetries:          *r.Retry.MaxRetries,
-		InitialInterval:     r.Retry.InitialInterval,
-		MaxInterval:         r.Retry.MaxInterval,
-		Multiplier:          r.Retry.Multiplier,
-		RandomizationFactor: 0.2,
-		ShouldRetry:         func(p middleware.RetryParams) bool { return !retry.IsPermanent(p.Err) },
-		ResetContextOnRetry: true,
+	retrying := retry.Policy{
+		MaxRetries:      *r.Retry.MaxRetries,
+		InitialInterval: r.Retry.InitialInterval,
+		MaxInterval:     r.Retry.MaxInterval,
+		Multiplier:      r.Retry.Multiplier,
+		Jitter:          0.2,
 	}
-	breaker := &retry.Breaker{
+
+	// The handler's own chain, innermost first: correlation ID passes the
+	// correlation ID on to the produced events; recoverer turns a panic
+	// into an error, so that retry retries it; output publishes the
+	// produced events (see output), so that a failed publish takes the
+	// same path as a failed handler.
+	handle := output(r, deps.pub, deps.ledger, deps.tracer, d.logger)(
+		middleware.Recoverer(middleware.CorrelationID(d.registry[r.Handler].New(deps.handler))))
+	h := router.AddConsumerHandler(r.Name, r.SubscribeTopic, sub, func(msg *message.Message) error {
+		_, err := handle(msg)
+		return err
+	})
+	// Around it, the first middleware runs outermost:
+	//  1. message scope gives the message a correlation ID, log fields, its
+	//     record identity and a consume span;
+	//  2. poison queue sees only the final error, after retries, and parks
+	//     the record with the reason; a failed park leaves it un-acked;
+	//  3. Watermill's handler metric, inside the poison queue, so that a
+	//     poisoned record counts as success="false";
+	//  4. retry backs off and retries transient errors, and lets permanent
+	//     ones through at once;
+	//  5. attempt times, counts and logs each try;
+	//  6. breaker holds the message, and the whole route, while a
+	//     dependency (the mail server, Kafka) is down, so an outage uses up
+	//     no retries and poisons nothing.
+	h.AddMiddleware(
+		messageScope(r, deps.tracer),
+		poison,
+		deps.handlerMetrics,
+		retrying.Middleware,
+		attempt(r, d.metrics, deps.tracer, d.logger),
+		d.breakers[r.Name].Middleware,
+	)
+	return nil
+}
+
+// newBreaker returns the breaker that pauses route r while a dependency is
+// down.
+func (d *Daemon) newBreaker(r config.Route) *retry.Breaker {
+	logger := d.logger.With("route", r.Name)
+	d.metrics.paused.WithLabelValues(r.Name).Set(0)
+	return &retry.Breaker{
 		MinWait: r.Retry.OutageInterval,
 		MaxWait: r.Retry.OutageMaxInterval,
+		// Called under the breaker's lock, in the order of the changes, so
+		// the gauge always ends as the breaker is.
 		OnChange: func(paused bool, cause error) {
 			d.metrics.paused.WithLabelValues(r.Name).Set(map[bool]float64{true: 1, false: 0}[paused])
 			if paused {
@@ -372,62 +439,6 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 			}
 		},
 	}
-	// The first middleware runs outermost:
-	//  1. message scope gives the message a correlation ID, log fields and
-	//     a consume span, and traces the produced events;
-	//  2. poison queue sees only the final error, after retries, and parks
-	//     the record with the reason; a failed park leaves it un-acked;
-	//  3. retry backs off and retries transient errors, and lets permanent
-	//     ones through at once;
-	//  4. attempt times, counts and logs each try;
-	//  5. breaker holds the message, and the whole route, while a
-	//     dependency is down, so an outage uses up no retries and poisons
-	//     nothing;
-	//  6. recoverer turns a panic into an error, so retry retries it;
-	//  7. correlation ID passes the correlation ID on to the produced
-	//     events.
-	h.AddMiddleware(
-		messageScope(r, deps.tracer),
-		poison,
-		retrying.Middleware,
-		attempt(r, d.metrics, deps.tracer, d.logger),
-		breaker.Middleware,
-		middleware.Recoverer,
-		middleware.CorrelationID,
-	)
-	return nil
-}
-
-// unclosable shares a publisher with the router without letting the router
-// close it.
-type unclosable struct {
-	message.Publisher
-}
-
-func (unclosable) Close() error { return nil }
-
-// ledgerPublisher marks a side effect's ledger entry published once the
-// event announcing it was published.
-type ledgerPublisher struct {
-	message.Publisher
-	ledger *ledger.Ledger
-	logger *slog.Logger
-}
-
-func (p ledgerPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if err := p.Publisher.Publish(topic, msgs...); err != nil {
-		return err
-	}
-	for _, msg := range msgs {
-		if key, ok := ledger.KeyFrom(msg.Context()); ok {
-			if err := p.ledger.MarkPublished(key); err != nil {
-				// The event is out; at worst a redelivery publishes it
-				// again with the same UUID.
-				p.logger.Warn("could not mark notification published", "key", key, "err", err)
-			}
-		}
-	}
-	return nil
 }
 
 // poisonPublisher adds where a poisoned record came from, and logs each

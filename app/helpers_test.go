@@ -21,6 +21,7 @@ import (
 	"github.com/eventrouter/eventrouter/kafkatest"
 	"github.com/eventrouter/eventrouter/msglog"
 	"github.com/eventrouter/eventrouter/notify"
+	"github.com/eventrouter/eventrouter/retry"
 )
 
 // route is the topics of one test's notification route.
@@ -98,8 +99,14 @@ type running struct {
 // is printed if the test fails.
 func startDaemon(t *testing.T, cfg config.Config, opts app.Options) running {
 	t.Helper()
+	return startDaemonAt(t, cfg, opts, slog.LevelDebug)
+}
+
+// startDaemonAt is startDaemon with the daemon logging at level.
+func startDaemonAt(t *testing.T, cfg config.Config, opts app.Options, level slog.Level) running {
+	t.Helper()
 	logs := &syncBuffer{}
-	logger := slog.New(msglog.Handler{Handler: slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})})
+	logger := slog.New(msglog.Handler{Handler: slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level})})
 	d, err := app.New(cfg, logger, opts)
 	if err != nil {
 		t.Fatalf("app.New: %v", err)
@@ -172,7 +179,7 @@ type recorder struct {
 
 func (r *recorder) Channel() string { return "test" }
 
-func (r *recorder) Send(_ context.Context, m notify.Message) error {
+func (r *recorder) Send(ctx context.Context, m notify.Message) error {
 	r.mu.Lock()
 	r.calls++
 	call := r.calls
@@ -183,6 +190,9 @@ func (r *recorder) Send(_ context.Context, m notify.Message) error {
 			return err
 		}
 	}
+	// As a real channel does when it gets an answer: a route paused for
+	// an outage resumes.
+	retry.Reached(ctx, notify.Dependency)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.sent = append(r.sent, m)

@@ -19,8 +19,10 @@ import (
 
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/msglog"
 	"github.com/eventrouter/eventrouter/notify"
+	"github.com/eventrouter/eventrouter/record"
 )
 
 // metrics are the daemon's own Prometheus metrics; Watermill's router
@@ -31,7 +33,9 @@ type metrics struct {
 	poisoned      *prometheus.CounterVec
 	duration      *prometheus.HistogramVec
 	notifications *prometheus.CounterVec
+	skipped       *prometheus.CounterVec
 	paused        *prometheus.GaugeVec
+	ledgerRecord  prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,12 +61,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eventrouter_notifications_sent_total",
 			Help: "Notifications delivered, by channel and template.",
 		}, []string{"route", "channel", "template"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventrouter_notifications_skipped_total",
+			Help: "Notifications not sent again because the ledger says they went out before (repeated or redelivered events).",
+		}, []string{"route", "template"}),
+		ledgerRecord: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "eventrouter_ledger_record_seconds",
+			Help: "Time from a notification's delivery to its durable ledger entry: the window in which a crash makes it go out again.",
+			// From a fraction of an fsync to a slow disk.
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
 		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "eventrouter_route_paused",
 			Help: "1 while a route waits for an unavailable dependency.",
 		}, []string{"route"}),
 	}
-	reg.MustRegister(m.handled, m.retried, m.poisoned, m.duration, m.notifications, m.paused)
+	reg.MustRegister(m.handled, m.retried, m.poisoned, m.duration, m.notifications, m.skipped, m.paused, m.ledgerRecord)
 	return m
 }
 
@@ -73,8 +87,8 @@ type attemptsKey struct{}
 
 // messageScope is the outermost middleware of a route. It gives a record
 // from a plain producer a correlation ID, puts the message's identity on
-// every log line about it, continues the producer's trace with a consume
-// span, and puts the trace context on the events the handler produces.
+// every log line about it, names the record it came from (record.Source),
+// and continues the producer's trace with a consume span.
 func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
@@ -104,6 +118,7 @@ func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware
 					attribute.String("eventrouter.route", r.Name),
 				))
 			defer span.End()
+			ctx = record.WithSource(ctx, record.ID(r.SubscribeTopic, partition, offset))
 			ctx = context.WithValue(ctx, attemptsKey{}, new(atomic.Int64))
 			msg.SetContext(ctx)
 
@@ -111,17 +126,6 @@ func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware
 			if err != nil {
 				span.RecordError(err)
 				span.SetStatus(codes.Error, err.Error())
-			}
-			for _, o := range out {
-				pctx, ps := tracer.Start(ctx, r.PublishTopic+" publish",
-					trace.WithSpanKind(trace.SpanKindProducer),
-					trace.WithAttributes(
-						attribute.String("messaging.system", "kafka"),
-						attribute.String("messaging.destination.name", r.PublishTopic),
-						attribute.String("messaging.message.id", o.UUID),
-					))
-				propagator.Inject(pctx, propagation.MapCarrier(o.Metadata))
-				ps.End()
 			}
 			return out, err
 		}
@@ -236,4 +240,18 @@ func (c *lagCollector) collectRoute(r config.Route, ch chan<- prometheus.Metric)
 			r.Name, r.SubscribeTopic, strconv.Itoa(int(p)))
 	}
 	return nil
+}
+
+// timedLedger times each Record: it starts as soon as a notification was
+// delivered, so its duration is the window in which a crash repeats one.
+type timedLedger struct {
+	handlers.Ledger
+	seconds prometheus.Histogram
+}
+
+func (l timedLedger) Record(key string, e ledger.Entry) error {
+	start := time.Now()
+	err := l.Ledger.Record(key, e)
+	l.seconds.Observe(time.Since(start).Seconds())
+	return err
 }

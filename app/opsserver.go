@@ -35,10 +35,7 @@ func (d *Daemon) inFlight() int64 {
 // startOps connects the broker probe, registers the lag metric and serves
 // the ops endpoints. The returned func stops it all.
 func (d *Daemon) startOps(brokers []string) (func(), error) {
-	token, err := d.opsToken()
-	if err != nil {
-		return nil, err
-	}
+	token := d.opsToken
 	c := saramaConfig(d.cfg.Kafka)
 	c.ClientID = d.cfg.Kafka.ClientID + "-ops"
 	c.Metadata.Retry.Max = 0
@@ -85,20 +82,26 @@ func (d *Daemon) startOps(brokers []string) (func(), error) {
 	}, nil
 }
 
-func (d *Daemon) opsToken() (string, error) {
+// readOpsToken reads the ops server's bearer token from the variable or
+// file cfg names; none is "".
+func readOpsToken(cfg config.Ops, getenv func(string) string) (string, error) {
 	switch {
-	case d.cfg.Ops.TokenEnv != "":
-		token := d.getenv(d.cfg.Ops.TokenEnv)
+	case cfg.TokenEnv != "":
+		token := getenv(cfg.TokenEnv)
 		if token == "" {
-			return "", &config.KeyError{Key: "ops.token_env", Msg: fmt.Sprintf("environment variable %s is empty", d.cfg.Ops.TokenEnv)}
+			return "", &config.KeyError{Key: "ops.token_env", Msg: fmt.Sprintf("environment variable %s is empty", cfg.TokenEnv)}
 		}
 		return token, nil
-	case d.cfg.Ops.TokenFile != "":
-		b, err := os.ReadFile(d.cfg.Ops.TokenFile)
+	case cfg.TokenFile != "":
+		b, err := os.ReadFile(cfg.TokenFile)
 		if err != nil {
 			return "", &config.KeyError{Key: "ops.token_file", Msg: err.Error()}
 		}
-		return strings.TrimSpace(string(b)), nil
+		token := strings.TrimSpace(string(b))
+		if token == "" {
+			return "", &config.KeyError{Key: "ops.token_file", Msg: fmt.Sprintf("%s is empty", cfg.TokenFile)}
+		}
+		return token, nil
 	}
 	return "", nil
 }
@@ -120,6 +123,11 @@ func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 		state := "ok"
 		if g, ok := d.gates[r.Name]; !ok || !g.InSession() {
 			state = "not in a consumer group session"
+		}
+		if b, ok := d.breakers[r.Name]; ok {
+			if paused, cause := b.Paused(); paused {
+				state = "paused: a dependency is unavailable: " + cause.Error()
+			}
 		}
 		checks["route "+r.Name] = state
 	}

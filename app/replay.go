@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +21,18 @@ import (
 // ReplayedFromKey is the header a replayed record carries: the poison
 // record it came from, as topic/partition/offset.
 const ReplayedFromKey = "replayed_from"
+
+// Replay commits its progress after replayCommitEvery records or, when
+// records come slowly, once replayCommitInterval has passed, whichever is
+// first. A crash therefore replays at most replayCommitEvery records again;
+// a cancelled or failed run commits what it did before it returns.
+const (
+	replayCommitEvery    = 100
+	replayCommitInterval = time.Second
+	// replayIdle is how long a partition may send nothing before its end
+	// before the run gives up on it.
+	replayIdle = 30 * time.Second
+)
 
 // poisonHeaders are dropped on replay: they describe the failure, not the
 // event.
@@ -36,60 +51,215 @@ var poisonHeaders = map[string]bool{
 // replayed once however often the command runs, and stops when it has
 // caught up.
 func replayCommand(ctx context.Context, args []string, env Env) int {
+	r, code := newReplayer(args, env)
+	if r == nil {
+		return code
+	}
+	return r.main(ctx, env)
+}
+
+// newReplayer reads the command line and the configuration's routes. It
+// returns a nil replayer and the exit code when there is nothing to run.
+func newReplayer(args []string, env Env) (*replayer, int) {
 	fset := flag.NewFlagSet("eventrouter replay", flag.ContinueOnError)
 	fset.SetOutput(env.Stderr)
-	path := fset.String("config", config.DefaultPath, "configuration `file` to take the brokers from, if it exists")
+	path := fset.String("config", config.DefaultPath, "configuration `file` the daemon runs with: its routes say where the records may go back to, and it names the brokers")
 	brokers := fset.String("brokers", "", "comma-separated `host:port` list; overrides "+config.BrokersEnv+" and the config file")
 	group := fset.String("group", "eventrouter-replay", "consumer `group` that remembers what was replayed")
-	to := fset.String("to", "", "`topic` to replay into; default: each record's topic_poisoned header")
+	to := fset.String("to", "", "`topic` to replay into, one that a route with this poison topic subscribes to; default: each record's topic_poisoned header")
 	reason := fset.String("reason", "", "replay only records whose reason_poisoned contains `text`; the others are passed over for good in this --group")
 	dryRun := fset.Bool("dry-run", false, "print what would be replayed; commit nothing")
 	fset.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: eventrouter replay [flags] POISON_TOPIC\n\nRepublishes the poison topic's records to the topic they failed on.\n\n")
+		fmt.Fprintf(env.Stderr, "Usage: eventrouter replay [flags] POISON_TOPIC\n\n"+
+			"Republishes the poison topic's records to the topic they failed on: the\n"+
+			"subscribe topic of a configured route whose poison_topic is POISON_TOPIC.\n\n")
 		fset.PrintDefaults()
 	}
 	if err := fset.Parse(args); err != nil {
-		return flagExit(err)
+		return nil, flagExit(err)
 	}
 	if fset.NArg() != 1 {
 		fset.Usage()
-		return ExitUsage
+		return nil, ExitUsage
+	}
+	fail := func(format string, args ...any) (*replayer, int) {
+		fmt.Fprintf(env.Stderr, "eventrouter replay: "+format+"\n", args...)
+		return nil, ExitUsage
+	}
+	// The routes are the only record of which topics a poison topic's
+	// records came from; a header on the record is the producer's word.
+	cfg, err := config.Load(*path, env.Getenv)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fail("%s; replay takes the routes from the configuration the daemon runs with: give it with --config FILE", oneLine(err))
+	}
+	if err != nil {
+		return fail("%s", oneLine(err))
+	}
+	poison := fset.Arg(0)
+	rules, err := replayRulesFor(cfg.Routes, poison, *to, *reason)
+	if err != nil {
+		return fail("%s: %s", *path, err)
 	}
 	addrs, err := publishBrokers(*brokers, *path, env.Getenv)
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "eventrouter replay: %s\n", oneLine(err))
-		return ExitUsage
+		return fail("%s", oneLine(err))
 	}
-	r := replayer{
-		brokers: addrs, poison: fset.Arg(0), group: *group, to: *to, reason: *reason, dryRun: *dryRun,
-		out: env.Stdout,
-	}
+	return &replayer{
+		brokers: addrs, poison: poison, group: *group, rules: rules, dryRun: *dryRun, out: env.Stdout,
+		commitEvery: replayCommitEvery, commitInterval: replayCommitInterval, idle: replayIdle,
+	}, ExitOK
+}
+
+// main runs r and reports the counts, also after a failure: what was
+// replayed before it is committed.
+func (r *replayer) main(ctx context.Context, env Env) int {
 	n, skipped, err := r.run(ctx)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "eventrouter replay: %v\n", err)
-		return ExitError
-	}
 	verb := "replayed"
-	if *dryRun {
+	if r.dryRun {
 		verb = "would replay"
 	}
 	fmt.Fprintf(env.Stdout, "%s %d record(s) from %s; skipped %d\n", verb, n, r.poison, skipped)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "eventrouter replay: %s\n", oneLine(err))
+		return ExitError
+	}
 	return ExitOK
+}
+
+// replayRules says which records of one poison topic may go where.
+type replayRules struct {
+	// poison is the poison topic.
+	poison string
+	// allowed holds the subscribe topics of the routes whose poison topic
+	// is poison: the only topics its records can have failed on.
+	allowed map[string]bool
+	// to, when set, is the target of every record instead of its
+	// topic_poisoned header.
+	to string
+	// reason, when set, passes over records whose reason_poisoned does not
+	// contain it.
+	reason string
+}
+
+// replayRulesFor returns the rules for poison under routes, or why the
+// command line asks for something the routes do not allow.
+func replayRulesFor(routes []config.Route, poison, to, reason string) (replayRules, error) {
+	rules := replayRules{poison: poison, allowed: map[string]bool{}, to: to, reason: reason}
+	var poisons []string
+	for _, r := range routes {
+		if r.PoisonTopic == poison {
+			rules.allowed[r.SubscribeTopic] = true
+		}
+		if !slices.Contains(poisons, r.PoisonTopic) {
+			poisons = append(poisons, r.PoisonTopic)
+		}
+	}
+	if len(rules.allowed) == 0 {
+		return replayRules{}, fmt.Errorf("no route has poison topic %q; the routes' poison topics are %s", poison, strings.Join(poisons, ", "))
+	}
+	if to != "" && !rules.allowed[to] {
+		return replayRules{}, fmt.Errorf("--to %q is not the subscribe topic of a route with poison topic %s; it can be %s", to, poison, strings.Join(slices.Sorted(maps.Keys(rules.allowed)), ", "))
+	}
+	return rules, nil
+}
+
+// replayPlan is what replay does with one poisoned record.
+type replayPlan struct {
+	// target is the topic to replay into; empty when the record is skipped.
+	target string
+	// headers are the record's own headers, without the poison headers,
+	// and one replayed_from header.
+	headers []sarama.RecordHeader
+	// reason is the record's reason_poisoned.
+	reason string
+	// skip says why the record is not replayed; empty when it is.
+	skip string
+	// filtered means skip is --reason's doing, which is no news to report.
+	filtered bool
+}
+
+// plan decides what happens to the poisoned record from, a
+// topic/partition/offset, given its headers. It reads nothing else, so
+// it is the whole of what a record's headers can make replay do.
+func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) replayPlan {
+	var kept []sarama.RecordHeader
+	var topics, reasons []string
+	for _, h := range headers {
+		if h == nil {
+			continue
+		}
+		switch key := string(h.Key); {
+		case key == middleware.PoisonedTopicKey:
+			topics = appendNew(topics, string(h.Value))
+		case key == middleware.ReasonForPoisonedKey:
+			reasons = appendNew(reasons, string(h.Value))
+		case poisonHeaders[key]:
+		case key == ReplayedFromKey:
+			// A record poisoned again after a replay: it names the older
+			// source, and replayed_from is this replay's to set.
+		default:
+			kept = append(kept, *h)
+		}
+	}
+	// The daemon writes each header once (Watermill's metadata is a map):
+	// two values mean someone else wrote the record, and replay does not
+	// guess which one counts.
+	switch {
+	case len(reasons) > 1 && rules.reason != "":
+		return replayPlan{skip: "conflicting " + middleware.ReasonForPoisonedKey + " headers"}
+	case len(topics) > 1 && rules.to == "":
+		return replayPlan{skip: "conflicting " + middleware.PoisonedTopicKey + " headers"}
+	}
+	p := replayPlan{}
+	if len(reasons) > 0 {
+		p.reason = reasons[0]
+	}
+	if rules.reason != "" && !strings.Contains(p.reason, rules.reason) {
+		return replayPlan{reason: p.reason, skip: "reason does not contain --reason", filtered: true}
+	}
+	target := rules.to
+	if target == "" && len(topics) > 0 {
+		target = topics[0]
+	}
+	switch {
+	case target == "":
+		p.skip = "no " + middleware.PoisonedTopicKey + " header and no --to"
+	case !rules.allowed[target]:
+		p.skip = fmt.Sprintf("%s %q is not the subscribe topic of a route with poison topic %s", middleware.PoisonedTopicKey, target, rules.poison)
+	}
+	if p.skip != "" {
+		return p
+	}
+	p.target = target
+	p.headers = append(kept, sarama.RecordHeader{Key: []byte(ReplayedFromKey), Value: []byte(from)})
+	return p
+}
+
+func appendNew(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
 }
 
 type replayer struct {
 	brokers []string
 	poison  string
 	group   string
-	to      string
-	reason  string
+	rules   replayRules
 	dryRun  bool
 	out     io.Writer
+	// commitEvery and commitInterval bound what a crash replays again
+	// (see replayCommitEvery).
+	commitEvery    int
+	commitInterval time.Duration
+	// idle is how long a partition may send nothing before its end.
+	idle time.Duration
 }
 
 // run replays every record between the group's committed offsets and the
 // poison topic's end offsets at the start.
-func (r replayer) run(ctx context.Context) (replayed, skipped int, err error) {
+func (r *replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 	cfg := publisherConfig(config.Defaults().Kafka)
 	cfg.ClientID = "eventrouter-replay"
 	cfg.Metadata.AllowAutoTopicCreation = false
@@ -106,22 +276,22 @@ func (r replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	next := map[int32]int64{}
-	defer func() {
-		if len(next) > 0 && !r.dryRun {
-			if cerr := r.commit(client, next); cerr != nil && err == nil {
-				err = cerr
-			}
-		}
-	}()
 	producer, err := sarama.NewSyncProducerFromClient(client)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer producer.Close()
-	consumer, err := sarama.NewConsumerFromClient(client)
+	// A client of its own: the consumer's fetches wait up to
+	// Consumer.MaxWaitTime for records, and on the producer's connections
+	// (one request at a time, for idempotence) each produce and commit
+	// would queue behind one.
+	consumerCfg := saramaConfig(config.Defaults().Kafka)
+	consumerCfg.ClientID = cfg.ClientID
+	consumerCfg.Metadata.AllowAutoTopicCreation = false
+	consumerCfg.Consumer.Return.Errors = true
+	consumer, err := sarama.NewConsumer(r.brokers, consumerCfg)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.brokers, ","), err)
 	}
 	defer consumer.Close()
 
@@ -145,14 +315,17 @@ func (r replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 		if err != nil {
 			return replayed, skipped, err
 		}
-		n, s, last, err := r.partition(ctx, pc, producer, end)
+		commit := func(next int64) error { return r.commit(client, map[int32]int64{p: next}) }
+		n, s, err := r.partition(ctx, pc, producer, end, commit)
 		replayed, skipped = replayed+n, skipped+s
-		if last >= 0 {
-			next[p] = last + 1
-		}
-		pc.AsyncClose()
-		if err != nil {
+		// Close, unlike AsyncClose, waits until sarama is done with the
+		// partition; what it reports came after the last record used.
+		_ = pc.Close()
+		if errors.Is(err, context.Canceled) {
 			return replayed, skipped, err
+		}
+		if err != nil {
+			return replayed, skipped, fmt.Errorf("poison topic %s partition %d: %w", r.poison, p, err)
 		}
 	}
 	return replayed, skipped, nil
@@ -160,7 +333,7 @@ func (r replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 
 // committed returns the group's committed offsets; a group that never
 // committed has none.
-func (r replayer) committed(client sarama.Client, partitions []int32) (map[int32]int64, error) {
+func (r *replayer) committed(client sarama.Client, partitions []int32) (map[int32]int64, error) {
 	admin, err := sarama.NewClusterAdminFromClient(client)
 	if err != nil {
 		return nil, err
@@ -183,7 +356,7 @@ func (r replayer) committed(client sarama.Client, partitions []int32) (map[int32
 
 // commit stores the next offsets to replay from, as a consumer group with
 // no members would.
-func (r replayer) commit(client sarama.Client, next map[int32]int64) error {
+func (r *replayer) commit(client sarama.Client, next map[int32]int64) error {
 	coordinator, err := client.Coordinator(r.group)
 	if err != nil {
 		return fmt.Errorf("coordinator of group %s: %w", r.group, err)
@@ -206,62 +379,95 @@ func (r replayer) commit(client sarama.Client, next map[int32]int64) error {
 	return nil
 }
 
-// partition replays one partition up to end and returns the last offset it
-// dealt with, or -1.
-func (r replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, producer sarama.SyncProducer, end int64) (replayed, skipped int, last int64, err error) {
-	last = -1
+// partition replays one partition up to end. commit stores the offset to
+// go on from; partition calls it every r.commitEvery records or
+// r.commitInterval, at the end, and before it returns an error, so a
+// cancelled or failed run replays nothing again.
+func (r *replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, producer sarama.SyncProducer, end int64, commit func(next int64) error) (replayed, skipped int, err error) {
+	var next int64 = -1
+	pending, lastCommit := 0, time.Now()
+	flush := func() error {
+		if pending == 0 || r.dryRun {
+			return nil
+		}
+		if err := commit(next); err != nil {
+			return err
+		}
+		pending, lastCommit = 0, time.Now()
+		return nil
+	}
+	stop := func(err error) (int, int, error) {
+		return replayed, skipped, errors.Join(err, flush())
+	}
+	// One timer for the whole partition: a new one per record would pile
+	// up until each fired.
+	idle := time.NewTimer(r.idle)
+	defer idle.Stop()
 	for {
+		// Checked first: select picks at random among ready cases, and a
+		// cancelled run must not take one more record.
+		if err := ctx.Err(); err != nil {
+			return stop(err)
+		}
 		select {
 		case <-ctx.Done():
-			return replayed, skipped, last, ctx.Err()
-		case <-time.After(30 * time.Second):
-			return replayed, skipped, last, errors.New("no record from the poison topic for 30 s")
-		case m := <-pc.Messages():
-			target, reason := r.to, ""
-			var headers []sarama.RecordHeader
-			for _, h := range m.Headers {
-				switch string(h.Key) {
-				case middleware.PoisonedTopicKey:
-					if target == "" {
-						target = string(h.Value)
-					}
-				case middleware.ReasonForPoisonedKey:
-					reason = string(h.Value)
-				}
-				if !poisonHeaders[string(h.Key)] {
-					headers = append(headers, *h)
-				}
+			return stop(ctx.Err())
+		case <-idle.C:
+			return stop(fmt.Errorf("no record for %s; the end offset at the start was %d", r.idle, end))
+		case cerr, ok := <-pc.Errors():
+			if !ok {
+				return stop(fmt.Errorf("consumer closed before the end offset %d", end))
 			}
-			from := fmt.Sprintf("%s/%d/%d", m.Topic, m.Partition, m.Offset)
-			switch {
-			case r.reason != "" && !strings.Contains(reason, r.reason):
-				skipped++
-			case target == "":
-				fmt.Fprintf(r.out, "%s: skipped: no topic_poisoned header and no --to\n", from)
-				skipped++
-			case r.dryRun:
-				fmt.Fprintf(r.out, "%s -> %s (key %q): %s\n", from, target, m.Key, reason)
-				replayed++
-			default:
-				headers = append(headers, sarama.RecordHeader{Key: []byte(ReplayedFromKey), Value: []byte(from)})
-				rec := &sarama.ProducerMessage{Topic: target, Headers: headers}
-				if m.Key != nil {
-					rec.Key = sarama.ByteEncoder(m.Key)
-				}
-				if m.Value != nil {
-					rec.Value = sarama.ByteEncoder(m.Value)
-				}
-				partition, offset, err := producer.SendMessage(rec)
-				if err != nil {
-					return replayed, skipped, last, fmt.Errorf("replay %s to %s: %w", from, target, err)
-				}
-				fmt.Fprintf(r.out, "%s -> %s/%d/%d\n", from, target, partition, offset)
-				replayed++
+			return stop(fmt.Errorf("consume: %w", cerr.Err))
+		case m, ok := <-pc.Messages():
+			if !ok {
+				return stop(fmt.Errorf("consumer closed before the end offset %d", end))
 			}
-			last = m.Offset
-			if m.Offset+1 >= end {
-				return replayed, skipped, last, nil
+			idle.Reset(r.idle)
+			if err := r.record(m, producer, &replayed, &skipped); err != nil {
+				return stop(err)
+			}
+			next = m.Offset + 1
+			pending++
+			if next >= end {
+				return replayed, skipped, flush()
+			}
+			if pending >= r.commitEvery || time.Since(lastCommit) >= r.commitInterval {
+				if err := flush(); err != nil {
+					return replayed, skipped, err
+				}
 			}
 		}
 	}
+}
+
+// record replays or skips one poisoned record and prints a line for it.
+func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProducer, replayed, skipped *int) error {
+	from := fmt.Sprintf("%s/%d/%d", m.Topic, m.Partition, m.Offset)
+	p := r.rules.plan(from, m.Headers)
+	switch {
+	case p.filtered:
+		*skipped++
+	case p.skip != "":
+		fmt.Fprintf(r.out, "%s: skipped: %s\n", from, p.skip)
+		*skipped++
+	case r.dryRun:
+		fmt.Fprintf(r.out, "%s -> %s (key %q): %q\n", from, p.target, m.Key, p.reason)
+		*replayed++
+	default:
+		rec := &sarama.ProducerMessage{Topic: p.target, Headers: p.headers}
+		if m.Key != nil {
+			rec.Key = sarama.ByteEncoder(m.Key)
+		}
+		if m.Value != nil {
+			rec.Value = sarama.ByteEncoder(m.Value)
+		}
+		partition, offset, err := producer.SendMessage(rec)
+		if err != nil {
+			return fmt.Errorf("replay %s to %s: %w", from, p.target, err)
+		}
+		fmt.Fprintf(r.out, "%s -> %s/%d/%d\n", from, p.target, partition, offset)
+		*replayed++
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -122,17 +123,42 @@ func tail(s string, n int) string {
 // many there are and how many distinct source events they cover.
 func tallySent(t *testing.T, brokers []string, topic string) (total, distinct int) {
 	t.Helper()
+	seen := sentSources(t, brokers, topic)
+	for _, n := range seen {
+		total += n
+	}
+	return total, len(seen)
+}
+
+// sentSources counts topic's notification-sent records by the identity of
+// the event that caused them (topic/partition/offset).
+func sentSources(t *testing.T, brokers []string, topic string) map[string]int {
+	t.Helper()
 	n := count(t, brokers, topic)
-	seen := map[string]bool{}
-	recs := kafkatest.Consume(t, brokers, topic, int(n), consumeTimeout)
-	for _, rec := range recs {
+	seen := map[string]int{}
+	for _, rec := range kafkatest.Consume(t, brokers, topic, int(n), consumeTimeout) {
 		var ev struct {
 			SourceEventID string `json:"source_event_id"`
 		}
 		_ = json.Unmarshal(rec.Value, &ev)
-		seen[ev.SourceEventID] = true
+		seen[ev.SourceEventID]++
 	}
-	return len(recs), len(seen)
+	return seen
+}
+
+// sourceOffset splits a source_event_id, topic/partition/offset.
+func sourceOffset(t *testing.T, id string) (partition int32, offset int64) {
+	t.Helper()
+	parts := strings.Split(id, "/")
+	if len(parts) != 3 {
+		t.Fatalf("source_event_id %q is not topic/partition/offset", id)
+	}
+	p, err1 := strconv.ParseInt(parts[1], 10, 32)
+	o, err2 := strconv.ParseInt(parts[2], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("source_event_id %q is not topic/partition/offset", id)
+	}
+	return int32(p), o
 }
 
 // waitForDistinct waits until topic's notification-sent records cover want
@@ -230,8 +256,25 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 		waitFor(t, 3*time.Minute, "a third of the events", func() bool { return count(t, k.Brokers, r.out) >= events/3 })
 		victim := procs[0]
 		victim.signal(syscall.SIGKILL)
-		atKill := count(t, k.Brokers, r.out)
-		t.Logf("SIGKILL pid %d after %d of %d events", victim.cmd.Process.Pid, atKill, events)
+		victim.done <- <-victim.done
+		// Nobody else commits the victim's partitions before the broker
+		// expires it (session_timeout): what is committed now is what it
+		// committed.
+		committedAtKill := map[int32]int64{}
+		for p := int32(0); p < 6; p++ {
+			committedAtKill[p] = committed(t, k.Brokers, r.group, r.in, p)
+		}
+		sentAtKill := sentSources(t, k.Brokers, r.out)
+		atKill := len(sentAtKill)
+		// Handled but not committed when the process died: the work a
+		// SIGKILL can repeat.
+		uncommitted := 0
+		for id := range sentAtKill {
+			if p, o := sourceOffset(t, id); o >= committedAtKill[p] {
+				uncommitted++
+			}
+		}
+		t.Logf("SIGKILL pid %d after %d of %d events; %d handled but uncommitted", victim.cmd.Process.Pid, atKill, events, uncommitted)
 
 		waitForDistinct(t, k.Brokers, r.out, events, 5*time.Minute)
 		for _, p := range procs[1:] {
@@ -239,12 +282,28 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 				t.Errorf("SIGTERM: %v", err)
 			}
 		}
+		sent := sentSources(t, k.Brokers, r.out)
 		total, distinct := tallySent(t, k.Brokers, r.out)
 		if distinct != events {
 			t.Errorf("%d distinct events handled; want %d", distinct, events)
 		}
-		fmt.Printf("scale-out on %s: 3 processes, 6 partitions, %d events, SIGKILL after %d: %d handled, %d distinct, %d duplicates\n",
-			k.Name, events, atKill, total, distinct, total-distinct)
+		// The bound of at-least-once: only records at or past an offset the
+		// victim had not committed come twice, and no more of them than it
+		// had handled past its commits, plus the one in flight per
+		// partition.
+		for id, n := range sent {
+			if n < 2 {
+				continue
+			}
+			if p, o := sourceOffset(t, id); o < committedAtKill[p] {
+				t.Errorf("event %s handled %d times; want once: it was committed (partition %d at %d) before the kill", id, n, p, committedAtKill[p])
+			}
+		}
+		if dups := total - distinct; dups > uncommitted+6 {
+			t.Errorf("%d duplicates; want at most %d, the events handled but uncommitted at the kill plus one in flight per partition", dups, uncommitted+6)
+		}
+		fmt.Printf("scale-out on %s: 3 processes, 6 partitions, %d events, SIGKILL after %d (%d uncommitted): %d handled, %d distinct, %d duplicates\n",
+			k.Name, events, atKill, uncommitted, total, distinct, total-distinct)
 		if n := count(t, k.Brokers, r.poison); n != 0 {
 			t.Errorf("poison topic holds %d records; want 0", n)
 		}

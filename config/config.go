@@ -2,13 +2,13 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"math"
 	"net"
 	"net/mail"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -19,6 +19,10 @@ import (
 // BrokersEnv names the environment variable that overrides kafka.brokers and
 // turns the embedded broker off.
 const BrokersEnv = "EVENTROUTER_KAFKA_BROKERS"
+
+// MinOutageInterval is the shortest retry.outage_interval: the pause
+// before a route tries a dependency that is down again.
+const MinOutageInterval = 10 * time.Millisecond
 
 // DefaultPath is the file `eventrouter run` reads when no --config is given.
 const DefaultPath = "eventrouter.yaml"
@@ -284,27 +288,82 @@ func Parse(raw []byte, getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
-// Check is Parse that returns every problem it finds, each naming its key
-// and, where the file has the key or its parent, the line.
+// Check is Parse that returns every problem it finds, in one pass, each
+// naming its key and, where the file has the key or its parent, the line.
+// It also returns the configuration as far as it could be decoded, with
+// defaults where values have problems, so that later checks can look at
+// the parts that are sound.
 func Check(raw []byte, getenv func(string) string) (Config, []error) {
-	expanded, err := Expand(raw, getenv)
-	if err != nil {
-		return Config{}, []error{err}
-	}
 	cfg := Defaults()
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, decodeErrors(expanded, err)
+	root, errs, ok := readDocument(raw)
+	if !ok {
+		return cfg, errs
+	}
+	var lines map[string]int
+	if root != nil && !isNull(root) {
+		if root.Kind != yaml.MappingNode {
+			return cfg, append(errs, &KeyError{Line: root.Line, Msg: "the file must be a mapping of keys such as kafka: and routes:"})
+		}
+		lines = keyLines(root)
+		errs = append(errs, decode(root, &cfg, getenv)...)
 	}
 	if brokers := getenv(BrokersEnv); strings.TrimSpace(brokers) != "" {
 		cfg.Kafka.Brokers = splitList(brokers)
 		cfg.Kafka.Embedded.Enabled = false
 	}
 	cfg.fillRoutes()
-	problems := cfg.Problems()
-	Locate(expanded, problems)
-	return cfg, problems
+	// A value that could not be read keeps its default, which would
+	// draw more complaints about the same key: report it once.
+	inFile := func(key string) bool { _, ok := lines[key]; return ok }
+	errs = Add(errs, cfg.problems(inFile)...)
+	locate(lines, errs)
+	Sort(errs)
+	return cfg, errs
+}
+
+// decode expands root, checks it against Config and decodes it into cfg,
+// and returns the problems it found on the way.
+func decode(root *yaml.Node, cfg *Config, getenv func(string) string) []error {
+	expanded := map[*yaml.Node]string{}
+	var errs []error
+	expandNode(root, "", getenv, func(n *yaml.Node, ref string, err error) {
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		expanded[n] = ref
+	})
+	c := newChecker(expanded)
+	c.node(root, reflect.TypeOf(*cfg), reflect.ValueOf(*cfg), "")
+	// A value left unexpanded is reported once, as unexpanded; under an
+	// unknown key, only the unknown key is.
+	unexpanded := map[string]bool{}
+	kept := errs[:0]
+	for _, err := range errs {
+		k, _ := keyOf(err)
+		if !relatedToAny(k, c.unknown) {
+			unexpanded[k] = true
+			kept = append(kept, err)
+		}
+	}
+	errs = kept
+	for _, err := range c.errs {
+		if k, _ := keyOf(err); !unexpanded[k] {
+			errs = append(errs, err)
+		}
+	}
+
+	dropRepeats(root)
+	if err := root.Decode(cfg); err != nil && len(c.errs) == 0 {
+		errs = append(errs, decodeErrors(root, err)...)
+	}
+	routes := &routesOver{base: cfg.Retry}
+	top := struct {
+		Routes *routesOver `yaml:"routes"`
+	}{routes}
+	_ = root.Decode(&top)
+	cfg.Routes = routes.routes
+	return errs
 }
 
 // fillRoutes gives each route the defaults that depend on other keys.
@@ -317,31 +376,7 @@ func (c *Config) fillRoutes() {
 		if r.PoisonTopic == "" && r.SubscribeTopic != "" {
 			r.PoisonTopic = r.SubscribeTopic + ".poison"
 		}
-		r.Retry = r.Retry.Over(c.Retry)
 	}
-}
-
-// Over returns r with every unset key taken from base.
-func (r Retry) Over(base Retry) Retry {
-	if r.MaxRetries == nil {
-		r.MaxRetries = base.MaxRetries
-	}
-	if r.InitialInterval == 0 {
-		r.InitialInterval = base.InitialInterval
-	}
-	if r.MaxInterval == 0 {
-		r.MaxInterval = base.MaxInterval
-	}
-	if r.Multiplier == 0 {
-		r.Multiplier = base.Multiplier
-	}
-	if r.OutageInterval == 0 {
-		r.OutageInterval = base.OutageInterval
-	}
-	if r.OutageMaxInterval == 0 {
-		r.OutageMaxInterval = base.OutageMaxInterval
-	}
-	return r
 }
 
 // Brokers returns the addresses the daemon's clients connect to: the
@@ -358,8 +393,15 @@ func (c Config) Validate() error {
 	return errors.Join(c.Problems()...)
 }
 
-// Problems lists every problem in c, each naming its key.
+// Problems lists every problem in c, each naming its key. A route's retry
+// problem that the global policy has too is reported once, for retry.
 func (c Config) Problems() []error {
+	return c.problems(nil)
+}
+
+// problems is Problems that also reports a route's retry problem that the
+// global policy has too when inFile says the route sets that key itself.
+func (c Config) problems(inFile func(key string) bool) []error {
 	var errs []error
 	add := func(key, format string, args ...any) {
 		errs = append(errs, &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)})
@@ -388,8 +430,11 @@ func (c Config) Problems() []error {
 			add(fmt.Sprintf("kafka.brokers[%d]", i), "%q is not host:port", b)
 		}
 	}
-	if _, err := sarama.ParseKafkaVersion(k.Version); err != nil {
+	if v, err := sarama.ParseKafkaVersion(k.Version); err != nil {
 		add("kafka.version", "%q is not a Kafka version such as 3.6.0", k.Version)
+	} else if !v.IsAtLeast(sarama.V0_11_0_0) {
+		// The publisher is idempotent, which needs 0.11.
+		add("kafka.version", "must be at least 0.11.0, got %q", k.Version)
 	}
 	if k.ClientID == "" {
 		add("kafka.client_id", "is empty")
@@ -454,7 +499,7 @@ func (c Config) Problems() []error {
 	default:
 		add("tracing.exporter", "must be none or otlp, got %q", c.Tracing.Exporter)
 	}
-	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
+	if !(c.Tracing.SampleRatio >= 0 && c.Tracing.SampleRatio <= 1) {
 		add("tracing.sample_ratio", "must be from 0 to 1, got %g", c.Tracing.SampleRatio)
 	}
 
@@ -462,6 +507,16 @@ func (c Config) Problems() []error {
 		add("routes", "is empty; the router needs at least one route")
 	}
 	names := map[string]int{}
+	// Replay sends a poisoned record back to the topic it failed on: a
+	// poison topic shared by two routes, or one that a route consumes,
+	// would hand records to routes they never failed in.
+	poisons := map[string]int{}
+	subscribers := map[string]int{}
+	for i, r := range c.Routes {
+		if _, ok := subscribers[r.SubscribeTopic]; !ok && r.SubscribeTopic != "" {
+			subscribers[r.SubscribeTopic] = i
+		}
+	}
 	for i, r := range c.Routes {
 		key := fmt.Sprintf("routes[%d]", i)
 		if r.Handler == "" {
@@ -486,13 +541,25 @@ func (c Config) Problems() []error {
 		if r.PublishTopic != "" && r.PublishTopic == r.SubscribeTopic {
 			add(key+".publish_topic", "must differ from subscribe_topic %q", r.SubscribeTopic)
 		}
+		if r.PoisonTopic != "" && r.PoisonTopic == r.PublishTopic {
+			add(key+".poison_topic", "must differ from publish_topic %q", r.PublishTopic)
+		}
+		if j, ok := poisons[r.PoisonTopic]; ok && r.PoisonTopic != "" {
+			add(key+".poison_topic", "route %q and route %q (routes[%d]) both use the poison topic %q%s; set poison_topic on route %q so that each route has its own",
+				r.Name, c.Routes[j].Name, j, r.PoisonTopic, defaultPoison(r, c.Routes[j]), r.Name)
+		} else if r.PoisonTopic != "" {
+			poisons[r.PoisonTopic] = i
+		}
+		if j, ok := subscribers[r.PoisonTopic]; ok && j != i && r.PoisonTopic != "" {
+			add(key+".poison_topic", "%q is the subscribe_topic of route %q (routes[%d]); poisoned records would be handled by that route", r.PoisonTopic, c.Routes[j].Name, j)
+		}
 		if j, ok := names[r.Name]; ok && r.Name != "" {
 			add(key+".name", "%q is already the name of routes[%d]", r.Name, j)
 		}
 		names[r.Name] = i
 		// Routes inherit the global policy: report its problems once.
 		for _, p := range r.Retry.problems(key + ".retry") {
-			if !inherited(p, global) {
+			if k, _ := keyOf(p); !inherited(p, global) || inFile != nil && inFile(k) {
 				errs = append(errs, p)
 			}
 		}
@@ -505,25 +572,34 @@ func (r Retry) problems(key string) []error {
 	add := func(sub, format string, args ...any) {
 		errs = append(errs, &KeyError{Key: key + "." + sub, Msg: fmt.Sprintf(format, args...)})
 	}
-	if r.MaxRetries != nil && *r.MaxRetries < 0 {
+	switch {
+	case r.MaxRetries == nil:
+		add("max_retries", "is not set")
+	case *r.MaxRetries < 0:
 		add("max_retries", "must not be negative, got %d", *r.MaxRetries)
 	}
 	if r.InitialInterval < 0 {
 		add("initial_interval", "must not be negative, got %s", r.InitialInterval)
 	}
-	if r.MaxInterval < 0 {
-		add("max_interval", "must not be negative, got %s", r.MaxInterval)
-	}
-	if r.MaxInterval > 0 && r.InitialInterval > r.MaxInterval {
+	if r.MaxInterval <= 0 {
+		add("max_interval", "must be positive, got %s", r.MaxInterval)
+	} else if r.InitialInterval > r.MaxInterval {
 		add("initial_interval", "%s is above max_interval %s", r.InitialInterval, r.MaxInterval)
 	}
-	if r.Multiplier != 0 && r.Multiplier < 1 {
+	// Below 1 the waits would shrink; 0 is a value, not "unset".
+	switch {
+	case !(r.Multiplier >= 1):
 		add("multiplier", "must be at least 1, got %g", r.Multiplier)
+	case math.IsInf(r.Multiplier, 0):
+		add("multiplier", "must be a finite number, got %g", r.Multiplier)
 	}
-	if r.OutageInterval < 0 {
-		add("outage_interval", "must not be negative, got %s", r.OutageInterval)
+	// A shorter pause would retry a down server in a tight loop.
+	if r.OutageInterval < MinOutageInterval {
+		add("outage_interval", "must be at least %s, got %s", MinOutageInterval, r.OutageInterval)
 	}
-	if r.OutageMaxInterval > 0 && r.OutageInterval > r.OutageMaxInterval {
+	if r.OutageMaxInterval < MinOutageInterval {
+		add("outage_max_interval", "must be at least %s, got %s", MinOutageInterval, r.OutageMaxInterval)
+	} else if r.OutageInterval > r.OutageMaxInterval {
 		add("outage_interval", "%s is above outage_max_interval %s", r.OutageInterval, r.OutageMaxInterval)
 	}
 	return errs
@@ -562,7 +638,8 @@ func (s SMTP) problems(key string) []error {
 
 // KeyError is a problem with the value of one configuration key.
 type KeyError struct {
-	// Key is the key's path, such as "routes[0].subscribe_topic".
+	// Key is the key's path, such as "routes[0].subscribe_topic"; empty
+	// for a problem with the file as a whole.
 	Key string
 	// Msg says what is wrong with it.
 	Msg string
@@ -572,10 +649,25 @@ type KeyError struct {
 }
 
 func (e *KeyError) Error() string {
+	var b strings.Builder
+	b.WriteString("config: ")
 	if e.Line > 0 {
-		return fmt.Sprintf("config: line %d: %s: %s", e.Line, e.Key, e.Msg)
+		fmt.Fprintf(&b, "line %d: ", e.Line)
 	}
-	return "config: " + e.Key + ": " + e.Msg
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// defaultPoison explains a poison topic that two routes share because
+// both took the default.
+func defaultPoison(a, b Route) string {
+	if a.SubscribeTopic == b.SubscribeTopic && a.PoisonTopic == a.SubscribeTopic+".poison" {
+		return fmt.Sprintf(", the default for subscribe_topic %q", a.SubscribeTopic)
+	}
+	return ""
 }
 
 func inherited(p error, global []error) bool {

@@ -3,7 +3,9 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -15,49 +17,55 @@ var (
 	unknownField = regexp.MustCompile(`^field \S+ not found in type \S+$`)
 )
 
-// decodeErrors turns the YAML library's error into one error per problem,
-// each naming the key path, as in
-// "config: line 7: kafka.dial_timeout: cannot unmarshal ...".
-func decodeErrors(raw []byte, err error) []error {
+// decodeErrors turns an error of the YAML library that the checker did
+// not foresee into errors naming the key path and line, as in
+// "config: line 7: kafka.dial_timeout: has a value of the wrong type".
+func decodeErrors(root *yaml.Node, err error) []error {
+	msgs := []string{strings.TrimPrefix(err.Error(), "yaml: ")}
 	var typeErr *yaml.TypeError
-	if !errors.As(err, &typeErr) {
-		return []error{fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "yaml: "))}
+	if errors.As(err, &typeErr) {
+		msgs = typeErr.Errors
 	}
-	paths := linePaths(raw)
-	errs := make([]error, 0, len(typeErr.Errors))
-	for _, msg := range typeErr.Errors {
+	paths := map[int]string{}
+	collectPaths(root, "", paths)
+	errs := make([]error, 0, len(msgs))
+	for _, msg := range msgs {
+		ke := &KeyError{Msg: msg}
 		if m := lineRef.FindStringSubmatch(msg); m != nil {
-			line, _ := strconv.Atoi(m[1])
-			rest := msg[len(m[0]):]
-			if unknownField.MatchString(rest) {
-				rest = "unknown key"
-			}
-			if path, ok := paths[line]; ok {
-				msg = fmt.Sprintf("line %d: %s: %s", line, path, rest)
-			}
+			ke.Line, _ = strconv.Atoi(m[1])
+			ke.Key = paths[ke.Line]
+			ke.Msg = msg[len(m[0]):]
 		}
-		errs = append(errs, fmt.Errorf("config: %s", msg))
+		switch {
+		case unknownField.MatchString(ke.Msg):
+			ke.Msg = "unknown key"
+		case strings.HasPrefix(ke.Msg, "cannot unmarshal"):
+			ke.Msg = "has a value of the wrong type"
+		}
+		errs = append(errs, ke)
 	}
 	return errs
 }
 
-func linePaths(raw []byte) map[int]string {
-	var doc yaml.Node
-	paths := map[int]string{}
-	if yaml.Unmarshal(raw, &doc) == nil {
-		collectPaths(&doc, "", paths)
-	}
-	return paths
+// Locate sets the Line of each KeyError in errs that has none: the line
+// of its key in the configuration file raw, or of the nearest parent key
+// the file has.
+func Locate(raw []byte, errs []error) {
+	root, _, _ := readDocument(raw)
+	locate(keyLines(root), errs)
 }
 
-// Locate sets the Line of each KeyError in errs: the line of its key in
-// raw, or of the nearest parent key the file has.
-func Locate(raw []byte, errs []error) {
+// keyLines maps the path of every key and sequence item under root to
+// its line.
+func keyLines(root *yaml.Node) map[string]int {
 	lines := map[string]int{}
-	var doc yaml.Node
-	if yaml.Unmarshal(raw, &doc) == nil {
-		collectLines(&doc, "", lines)
+	if root != nil {
+		collectLines(root, "", lines)
 	}
+	return lines
+}
+
+func locate(lines map[string]int, errs []error) {
 	for _, err := range errs {
 		var ke *KeyError
 		if !errors.As(err, &ke) || ke.Line > 0 {
@@ -70,6 +78,64 @@ func Locate(raw []byte, errs []error) {
 			}
 		}
 	}
+}
+
+// Sort orders errs by line, those without one last, keeping the order of
+// errors on the same line.
+func Sort(errs []error) {
+	line := func(err error) int {
+		var ke *KeyError
+		if errors.As(err, &ke) && ke.Line > 0 {
+			return ke.Line
+		}
+		return math.MaxInt
+	}
+	sort.SliceStable(errs, func(i, j int) bool { return line(errs[i]) < line(errs[j]) })
+}
+
+// Add appends to problems each error of more that is not about a key
+// problems already report (the key itself, one under it or one above it),
+// so that a value is blamed once.
+func Add(problems []error, more ...error) []error {
+	var keys []string
+	for _, p := range problems {
+		if k, ok := keyOf(p); ok {
+			keys = append(keys, k)
+		}
+	}
+	for _, m := range more {
+		if k, ok := keyOf(m); ok && k != "" && relatedToAny(k, keys) {
+			continue
+		}
+		problems = append(problems, m)
+	}
+	return problems
+}
+
+func keyOf(err error) (string, bool) {
+	var ke *KeyError
+	if errors.As(err, &ke) {
+		return ke.Key, true
+	}
+	return "", false
+}
+
+func relatedToAny(key string, keys []string) bool {
+	for _, k := range keys {
+		if k != "" && (under(key, k) || under(k, key)) {
+			return true
+		}
+	}
+	return false
+}
+
+// under reports whether key is path or a key below it.
+func under(key, path string) bool {
+	if !strings.HasPrefix(key, path) {
+		return false
+	}
+	rest := key[len(path):]
+	return rest == "" || rest[0] == '.' || rest[0] == '['
 }
 
 // parentPath drops the last element of a key path: "a.b[0].c" → "a.b[0]"

@@ -2,7 +2,9 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -21,13 +23,20 @@ type Notifier interface {
 	Channel() string
 	// Send delivers m. An error marked retry.Permanent is not retried; one
 	// marked retry.Unavailable pauses the route until the channel is back.
+	// Send returns nil once the channel has accepted m, even if something
+	// failed after that, so that m is not sent twice.
 	Send(ctx context.Context, m notify.Message) error
 }
 
 // Ledger remembers which notifications went out, so that a redelivered or
 // repeated event sends none again.
 type Ledger interface {
-	Lookup(key string) (ledger.Entry, bool, error)
+	// Claim takes key until release is called, so that no other handler
+	// sends the same notification meanwhile, and returns what was recorded
+	// under key.
+	Claim(ctx context.Context, key string) (e ledger.Entry, found bool, release func(), err error)
+	// Record stores e under key; when it fails, e still counts as found
+	// for this process.
 	Record(key string, e ledger.Entry) error
 }
 
@@ -35,8 +44,8 @@ type Ledger interface {
 const WelcomeTemplate = "welcome"
 
 // notificationSentNamespace seeds the UUIDs of notification-sent events, so
-// that a redelivered user-registered event yields the same UUID and
-// consumers can drop the duplicate.
+// that every announcement of one notification has the same UUID and
+// consumers can drop the duplicates.
 var notificationSentNamespace = uuid.MustParse("6c4a2f0e-8a53-4c1b-9d0c-1f7f3f0b7a21")
 
 // Notification welcomes users: it turns a user-registered event into one
@@ -49,6 +58,11 @@ type Notification struct {
 	Ledger Ledger
 	// Now returns the current time.
 	Now func() time.Time
+	// Logger receives a line for each notification skipped because it was
+	// sent before. Nil logs nothing.
+	Logger *slog.Logger
+	// Skipped, if set, counts those notifications.
+	Skipped func(ctx context.Context, template string)
 }
 
 // Handle is the Watermill handler func.
@@ -57,24 +71,46 @@ func (h Notification) Handle(msg *message.Message) ([]*message.Message, error) {
 	if err != nil {
 		return nil, retry.Permanent(err)
 	}
+	ctx := msg.Context()
 	// The email is unique per template and user, so a registration
 	// published twice still sends one.
 	key := WelcomeTemplate + "/" + ev.UserID.String()
-	entry, done, err := h.lookup(key)
+	entry, found, release, err := h.claim(ctx, key)
+	var keyErr *ledger.KeyError
+	if errors.As(err, &keyErr) {
+		return nil, retry.Permanent(fmt.Errorf("user %.64s...: %w", ev.UserID, err))
+	}
 	if err != nil {
 		return nil, err
 	}
-	if done && entry.Published {
-		return nil, nil
-	}
-	if !done {
-		if entry, err = h.welcome(msg.Context(), key, ev, msg.UUID); err != nil {
+	defer release()
+
+	switch {
+	case !found:
+		if entry, err = h.welcome(ctx, key, ev, source(msg)); err != nil {
 			return nil, err
 		}
+	case entry.Unsaved:
+		// Sent by an earlier attempt whose ledger write failed: write it
+		// now, and do not send again.
+		if err := h.Ledger.Record(key, entry); err != nil {
+			return nil, fmt.Errorf("welcome notification to user %s was sent but is still not recorded: %w", ev.UserID, err)
+		}
+	case entry.Published:
+		h.skipped(ctx, ev, entry, "welcome notification already sent and announced; skipped")
+		return nil, nil
+	default:
+		h.skipped(ctx, ev, entry, "welcome notification already sent; announcing it again")
+	}
+
+	email := entry.Address
+	if email == "" {
+		// Entries written before the ledger kept addresses.
+		email = ev.Email
 	}
 	sent := events.NotificationSent{
 		UserID:        ev.UserID,
-		Email:         ev.Email,
+		Email:         email,
 		Channel:       entry.Channel,
 		Template:      WelcomeTemplate,
 		SentAt:        entry.SentAt,
@@ -84,16 +120,36 @@ func (h Notification) Handle(msg *message.Message) ([]*message.Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode notification-sent: %w", err)
 	}
-	out := message.NewMessage(uuid.NewSHA1(notificationSentNamespace, []byte(entry.EventID)).String(), payload)
+	out := message.NewMessage(uuid.NewSHA1(notificationSentNamespace, []byte(key)).String(), payload)
 	out.SetContext(ledger.WithKey(record.WithKey(context.Background(), ev.UserID.String()), key))
 	return []*message.Message{out}, nil
 }
 
-func (h Notification) lookup(key string) (ledger.Entry, bool, error) {
-	if h.Ledger == nil {
-		return ledger.Entry{}, false, nil
+// source returns the identity of the record msg came from: its topic,
+// partition and offset when the router knows them. A producer's UUID header
+// is only the fallback: producers can reuse one.
+func source(msg *message.Message) string {
+	if id, ok := record.Source(msg.Context()); ok {
+		return id
 	}
-	return h.Ledger.Lookup(key)
+	return msg.UUID
+}
+
+func (h Notification) claim(ctx context.Context, key string) (ledger.Entry, bool, func(), error) {
+	if h.Ledger == nil {
+		return ledger.Entry{}, false, func() {}, nil
+	}
+	return h.Ledger.Claim(ctx, key)
+}
+
+func (h Notification) skipped(ctx context.Context, ev events.UserRegistered, e ledger.Entry, msg string) {
+	if h.Skipped != nil {
+		h.Skipped(ctx, WelcomeTemplate)
+	}
+	if h.Logger != nil {
+		h.Logger.InfoContext(ctx, msg, "user_id", ev.UserID.String(), "first_event", e.EventID,
+			"sent_at", e.SentAt.Format(time.RFC3339))
+	}
 }
 
 // welcome sends the notification and records it at once, to keep the
@@ -109,9 +165,11 @@ func (h Notification) welcome(ctx context.Context, key string, ev events.UserReg
 	if err != nil {
 		return ledger.Entry{}, fmt.Errorf("send welcome notification to user %s: %w", ev.UserID, err)
 	}
-	entry := ledger.Entry{EventID: eventID, Channel: h.Notifier.Channel(), SentAt: h.Now().UTC()}
+	entry := ledger.Entry{EventID: eventID, Channel: h.Notifier.Channel(), Address: ev.Email, SentAt: h.Now().UTC()}
 	if h.Ledger != nil {
 		if err := h.Ledger.Record(key, entry); err != nil {
+			// The ledger keeps the entry in memory: a retry records it and
+			// sends nothing.
 			return ledger.Entry{}, fmt.Errorf("welcome notification to user %s went out but was not recorded: %w", ev.UserID, err)
 		}
 	}

@@ -4,12 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/eventrouter/eventrouter/events"
 	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
 	"github.com/eventrouter/eventrouter/record"
 	"github.com/eventrouter/eventrouter/retry"
@@ -93,6 +99,164 @@ func TestNotificationHandleErrors(t *testing.T) {
 				t.Errorf("IsPermanent(Handle(%q)) = %v (%v); want %v", tt.payload, got, err, tt.wantPermanent)
 			}
 		})
+	}
+}
+
+func openLedger(t *testing.T) *ledger.Ledger {
+	t.Helper()
+	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// Item 1 of "once means once": SMTP accepted the email, the ledger write
+// failed. The retry must record it, not send it again.
+func TestSentButUnrecordedIsNotSentAgain(t *testing.T) {
+	l := &brokenLedger{entries: map[string]ledger.Entry{}, failures: 3}
+	n := &fakeNotifier{}
+	h := handlers.Notification{Notifier: n, Ledger: l, Now: time.Now}
+	payload := []byte(`{"user_id": 7, "email": "seven@example.com"}`)
+	for attempt := 1; attempt <= 3; attempt++ {
+		out, err := h.Handle(message.NewMessage("id", payload))
+		if err == nil || out != nil || retry.IsPermanent(err) {
+			t.Fatalf("attempt %d = %v, %v; want a retryable error while the ledger cannot write", attempt, out, err)
+		}
+	}
+	out, err := h.Handle(message.NewMessage("id", payload))
+	if err != nil || len(out) != 1 {
+		t.Fatalf("attempt 4 = %v, %v; want notification-sent once the ledger writes", out, err)
+	}
+	if len(n.sent) != 1 {
+		t.Errorf("notifier sent %d emails over 4 attempts; want 1", len(n.sent))
+	}
+	if e := l.entries["welcome/7"]; e.Unsaved || e.Address != "seven@example.com" {
+		t.Errorf("ledger entry = %+v; want it saved with the address", e)
+	}
+}
+
+// brokenLedger fails its first writes the way ledger.Ledger does: the
+// entry is kept, marked Unsaved.
+type brokenLedger struct {
+	mu       sync.Mutex
+	entries  map[string]ledger.Entry
+	failures int
+}
+
+func (b *brokenLedger) Claim(_ context.Context, key string) (ledger.Entry, bool, func(), error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e, ok := b.entries[key]
+	return e, ok, func() {}, nil
+}
+
+func (b *brokenLedger) Record(key string, e ledger.Entry) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e.Unsaved = b.failures > 0
+	b.entries[key] = e
+	if b.failures > 0 {
+		b.failures--
+		return errors.New("no space left on device")
+	}
+	return nil
+}
+
+// Item 3: two handlers of the same user, on two partitions, at once.
+func TestConcurrentRegistrationsSendOnce(t *testing.T) {
+	l := openLedger(t)
+	n := &slowNotifier{}
+	h := handlers.Notification{Notifier: n, Ledger: l, Now: time.Now}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := h.Handle(message.NewMessage(fmt.Sprint(i), []byte(`{"user_id": "u1", "email": "u1@example.com"}`)))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("Handle = %v; want nil", err)
+		}
+	}
+	if got := n.count.Load(); got != 1 {
+		t.Errorf("8 concurrent registrations of one user sent %d emails; want 1", got)
+	}
+}
+
+type slowNotifier struct{ count atomic.Int64 }
+
+func (s *slowNotifier) Channel() string { return "slow" }
+
+func (s *slowNotifier) Send(ctx context.Context, _ notify.Message) error {
+	s.count.Add(1)
+	select {
+	case <-time.After(20 * time.Millisecond): // a mail server's round trips
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// Item 3: a repeated registration with a new address announces the address
+// the email actually went to.
+func TestRepeatedRegistrationAnnouncesTheAddressUsed(t *testing.T) {
+	l := openLedger(t)
+	n := &fakeNotifier{}
+	var skipped atomic.Int64
+	h := handlers.Notification{Notifier: n, Ledger: l, Now: time.Now,
+		Skipped: func(context.Context, string) { skipped.Add(1) }}
+	first, err := h.Handle(message.NewMessage("a", []byte(`{"user_id": 9, "email": "old@example.com"}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not yet marked published: the repeat announces it again.
+	again, err := h.Handle(message.NewMessage("b", []byte(`{"user_id": 9, "email": "new@example.com"}`)))
+	if err != nil || len(again) != 1 {
+		t.Fatalf("repeat = %v, %v; want one notification-sent", again, err)
+	}
+	var got events.NotificationSent
+	if err := json.Unmarshal(again[0].Payload, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Email != "old@example.com" || got.SourceEventID != "a" {
+		t.Errorf("repeat announced email %q from event %q; want old@example.com from a", got.Email, got.SourceEventID)
+	}
+	if again[0].UUID != first[0].UUID {
+		t.Errorf("repeat's UUID %s; want the first's %s", again[0].UUID, first[0].UUID)
+	}
+	if len(n.sent) != 1 || skipped.Load() != 1 {
+		t.Errorf("sent %d emails, skipped %d; want 1 and 1", len(n.sent), skipped.Load())
+	}
+}
+
+// Item 11: the producer's UUID header must not decide the identity of the
+// events we publish: two users' events that share one must not share the
+// notification-sent UUID, or consumers drop one as a duplicate.
+func TestProducerUUIDDoesNotDecideIdentity(t *testing.T) {
+	h := handlers.Notification{Notifier: &fakeNotifier{}, Ledger: openLedger(t), Now: time.Now}
+	a := message.NewMessage("same", []byte(`{"user_id": 1, "email": "a@example.com"}`))
+	a.SetContext(record.WithSource(context.Background(), "user-registered/0/10"))
+	b := message.NewMessage("same", []byte(`{"user_id": 2, "email": "b@example.com"}`))
+	b.SetContext(record.WithSource(context.Background(), "user-registered/0/11"))
+	outA, errA := h.Handle(a)
+	outB, errB := h.Handle(b)
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
+	if outA[0].UUID == outB[0].UUID {
+		t.Errorf("two users' notification-sent share UUID %s; want distinct", outA[0].UUID)
+	}
+	var got events.NotificationSent
+	_ = json.Unmarshal(outA[0].Payload, &got)
+	if got.SourceEventID != "user-registered/0/10" {
+		t.Errorf("source_event_id = %q; want the record identity user-registered/0/10", got.SourceEventID)
 	}
 }
 

@@ -3,6 +3,8 @@
 package handlers
 
 import (
+	"context"
+	"log/slog"
 	"sort"
 	"time"
 
@@ -17,6 +19,11 @@ type Deps struct {
 	Ledger Ledger
 	// Now returns the current time.
 	Now func() time.Time
+	// Logger is the daemon's logger.
+	Logger *slog.Logger
+	// Skipped counts notifications not sent again because the ledger
+	// says they went out before.
+	Skipped func(ctx context.Context, template string)
 }
 
 // Spec describes a handler that a route can name.
@@ -33,7 +40,7 @@ type Spec struct {
 func Registry() map[string]Spec {
 	return map[string]Spec{
 		"notification": {New: func(d Deps) message.HandlerFunc {
-			return Notification{Notifier: d.Notifier, Ledger: d.Ledger, Now: d.Now}.Handle
+			return Notification{Notifier: d.Notifier, Ledger: d.Ledger, Now: d.Now, Logger: d.Logger, Skipped: d.Skipped}.Handle
 		}, Publishes: true},
 	}
 }

@@ -1,11 +1,14 @@
 // Package ledger records side effects that must happen once per cause,
 // such as a welcome email per user, in an embedded durable store (bbolt).
 //
-// What it guarantees: an entry is written, and fsynced, right after the
-// side effect succeeded, before the message is acked. A crash after the
-// side effect and before that write (a window of one local disk write) can
-// repeat the side effect once; every other redelivery finds the entry and
-// skips it.
+// What it guarantees: whoever does a side effect first claims its key
+// (Claim), so two handlers in one process never both do it; the entry is
+// written, and fsynced, right after the side effect succeeded, before the
+// message is acked. A crash after the side effect and before that write (a
+// window of one local disk write) can repeat the side effect once; every
+// other redelivery finds the entry and skips it. An entry whose write
+// failed is kept in memory, so that a retry in the same process does not
+// repeat the side effect; it is written by the next Record of its key.
 //
 // The mark that the announcing event was published is cheaper: it is kept
 // in memory and written with the next entry, or at Close, so each side
@@ -35,10 +38,30 @@ type Entry struct {
 	EventID string `json:"event_id"`
 	// Channel is how the side effect was carried out, such as "email".
 	Channel string `json:"channel"`
+	// Address is where it went, such as the email address, so that the
+	// event announcing it names the address actually used.
+	Address string `json:"address,omitempty"`
 	// SentAt is when it succeeded.
 	SentAt time.Time `json:"sent_at"`
 	// Published says that the event announcing it was published.
 	Published bool `json:"published"`
+	// Unsaved says that the side effect happened but its entry is not on
+	// disk yet: Record failed. Such an entry lives in memory only.
+	Unsaved bool `json:"-"`
+}
+
+// MaxKeyLen bounds a key. bbolt refuses keys over 32 KiB, and a failure to
+// record after the side effect is what the ledger exists to avoid, so keys
+// are checked before it.
+const MaxKeyLen = 1024
+
+// KeyError says that a key cannot be stored. Nothing was claimed.
+type KeyError struct {
+	Key string
+}
+
+func (e *KeyError) Error() string {
+	return fmt.Sprintf("ledger key of %d bytes is longer than the limit of %d", len(e.Key), MaxKeyLen)
 }
 
 // Ledger is an open ledger file. It is safe for concurrent use.
@@ -48,6 +71,15 @@ type Ledger struct {
 	mu sync.Mutex
 	// published holds marks not yet written.
 	published map[string]bool
+	// unsaved holds entries whose Record failed, by key.
+	unsaved map[string]Entry
+	// claims holds a semaphore per claimed key.
+	claims map[string]*claim
+}
+
+type claim struct {
+	sem     chan struct{}
+	waiters int
 }
 
 // maxPendingMarks bounds the marks kept in memory before they are written
@@ -75,7 +107,7 @@ func Open(path string) (*Ledger, error) {
 		db.Close()
 		return nil, fmt.Errorf("init ledger %s: %w", path, err)
 	}
-	return &Ledger{db: db, published: map[string]bool{}}, nil
+	return &Ledger{db: db, published: map[string]bool{}, unsaved: map[string]Entry{}, claims: map[string]*claim{}}, nil
 }
 
 // Close writes pending marks and closes the file.
@@ -87,8 +119,58 @@ func (l *Ledger) Close() error {
 	return err
 }
 
+// Claim takes key for the caller until release is called, and returns the
+// entry recorded under key, if there is one. A second Claim of the same key
+// waits until the first is released, or ctx is done. A key longer than
+// MaxKeyLen is a *KeyError.
+func (l *Ledger) Claim(ctx context.Context, key string) (e Entry, found bool, release func(), err error) {
+	if len(key) > MaxKeyLen {
+		return Entry{}, false, nil, &KeyError{Key: key}
+	}
+	l.mu.Lock()
+	c, ok := l.claims[key]
+	if !ok {
+		c = &claim{sem: make(chan struct{}, 1)}
+		l.claims[key] = c
+	}
+	c.waiters++
+	l.mu.Unlock()
+	drop := func() {
+		l.mu.Lock()
+		if c.waiters--; c.waiters == 0 {
+			delete(l.claims, key)
+		}
+		l.mu.Unlock()
+	}
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		drop()
+		return Entry{}, false, nil, fmt.Errorf("wait for ledger key %s: %w", key, ctx.Err())
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			<-c.sem
+			drop()
+		})
+	}
+	e, found, err = l.Lookup(key)
+	if err != nil {
+		release()
+		return Entry{}, false, nil, err
+	}
+	return e, found, release, nil
+}
+
 // Lookup returns the entry for key, if there is one.
 func (l *Ledger) Lookup(key string) (Entry, bool, error) {
+	l.mu.Lock()
+	if e, ok := l.unsaved[key]; ok {
+		l.mu.Unlock()
+		return e, true, nil
+	}
+	l.mu.Unlock()
 	var e Entry
 	var found bool
 	err := l.db.View(func(tx *bolt.Tx) error {
@@ -110,21 +192,30 @@ func (l *Ledger) Lookup(key string) (Entry, bool, error) {
 	return e, found, nil
 }
 
-// Record stores e under key.
+// Record stores e under key. When the write fails, e is kept in memory
+// (Unsaved) so that Lookup and Claim still find it, and the error says so.
 func (l *Ledger) Record(key string, e Entry) error {
-	raw, err := json.Marshal(e)
-	if err != nil {
-		return fmt.Errorf("encode ledger entry: %w", err)
+	if len(key) > MaxKeyLen {
+		return &KeyError{Key: key}
 	}
-	err = l.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucket).Put([]byte(key), raw); err != nil {
-			return err
-		}
-		return l.flushMarks(tx)
-	})
+	e.Unsaved = false
+	raw, err := json.Marshal(e)
+	if err == nil {
+		err = l.db.Update(func(tx *bolt.Tx) error {
+			if err := tx.Bucket(bucket).Put([]byte(key), raw); err != nil {
+				return err
+			}
+			return l.flushMarks(tx)
+		})
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if err != nil {
+		e.Unsaved = true
+		l.unsaved[key] = e
 		return fmt.Errorf("ledger record %s: %w", key, err)
 	}
+	delete(l.unsaved, key)
 	return nil
 }
 

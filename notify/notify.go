@@ -34,15 +34,19 @@ type Log struct {
 // Channel returns "log".
 func (Log) Channel() string { return "log" }
 
-// Send writes the notification as one log line.
+// Send writes the notification as one log line. The address is personal
+// data: it is on the line only when the logger is at debug level.
 func (l Log) Send(ctx context.Context, m Message) error {
-	l.Logger.LogAttrs(ctx, slog.LevelInfo, "notification sent",
+	attrs := []slog.Attr{
 		slog.String("channel", "log"),
 		slog.String("template", m.Template),
 		slog.String("user_id", m.UserID.String()),
-		slog.String("email", m.Email),
 		slog.String("event_id", m.EventID),
-	)
+	}
+	if l.Logger.Enabled(ctx, slog.LevelDebug) {
+		attrs = append(attrs, slog.String("email", m.Email))
+	}
+	l.Logger.LogAttrs(ctx, slog.LevelInfo, "notification sent", attrs...)
 	return nil
 }
 

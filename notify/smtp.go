@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/mail"
+	"regexp"
 	"strings"
 	"time"
 
@@ -38,11 +40,16 @@ type SMTP struct {
 	opts      []gomail.Option
 	domain    string
 	templates *Templates
+	logger    *slog.Logger
 }
 
+// Dependency is the name under which the SMTP notifier reports an outage
+// and a reply (see retry.Unavailable and retry.Reached).
+const Dependency = "smtp"
+
 // NewSMTP checks cfg and returns a notifier that dials the server for each
-// email. It makes no connection.
-func NewSMTP(cfg SMTPConfig, templates *Templates) (*SMTP, error) {
+// email and logs each email it delivers to logger. It makes no connection.
+func NewSMTP(cfg SMTPConfig, templates *Templates, logger *slog.Logger) (*SMTP, error) {
 	from, err := mail.ParseAddress(cfg.From)
 	if err != nil {
 		return nil, fmt.Errorf("smtp from %q: %w", cfg.From, err)
@@ -63,7 +70,7 @@ func NewSMTP(cfg SMTPConfig, templates *Templates) (*SMTP, error) {
 			gomail.WithUsername(cfg.Username), gomail.WithPassword(cfg.Password))
 	}
 	domain := from.Address[strings.LastIndexByte(from.Address, '@')+1:]
-	return &SMTP{cfg: cfg, opts: opts, domain: domain, templates: templates}, nil
+	return &SMTP{cfg: cfg, opts: opts, domain: domain, templates: templates, logger: logger}, nil
 }
 
 // Channel returns "email".
@@ -73,6 +80,11 @@ func (*SMTP) Channel() string { return "email" }
 // reply is retry.Unavailable: the server is down, and the route waits for
 // it. Another 4xx reply is transient. A 5xx reply to the recipient or the
 // content is retry.Permanent, with the server's reply as the reason.
+//
+// Once the server has accepted the message (its reply to the end of DATA),
+// the email is sent: an error after that, such as a connection dropped
+// before the reply to QUIT, is logged and Send returns nil, so the email
+// is not sent again. Errors never carry the recipient's address.
 func (s *SMTP) Send(ctx context.Context, m Message) error {
 	subject, text, html, err := s.templates.Render(m)
 	if err != nil {
@@ -83,7 +95,7 @@ func (s *SMTP) Send(ctx context.Context, m Message) error {
 		return retry.Permanent(fmt.Errorf("smtp from: %w", err))
 	}
 	if err := msg.To(m.Email); err != nil {
-		return retry.Permanent(fmt.Errorf("recipient %q: %w", m.Email, err))
+		return retry.Permanent(fmt.Errorf("recipient address of user %s is not valid", m.UserID))
 	}
 	msg.Subject(subject)
 	msg.SetBodyString(gomail.TypeTextPlain, text)
@@ -92,7 +104,8 @@ func (s *SMTP) Send(ctx context.Context, m Message) error {
 	// The same notification always has the same Message-ID, so a copy sent
 	// again after a crash can be recognised as one.
 	sum := sha256.Sum256([]byte(m.Key))
-	msg.SetMessageIDWithValue(hex.EncodeToString(sum[:16]) + "@" + s.domain)
+	messageID := hex.EncodeToString(sum[:16]) + "@" + s.domain
+	msg.SetMessageIDWithValue(messageID)
 
 	client, err := gomail.NewClient(s.cfg.Host, s.opts...)
 	if err != nil {
@@ -100,7 +113,55 @@ func (s *SMTP) Send(ctx context.Context, m Message) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	return classify(client.DialAndSendWithContext(ctx, msg), s.cfg.Host, s.cfg.Port)
+	err = client.DialAndSendWithContext(ctx, msg)
+	if msg.IsDelivered() {
+		retry.Reached(ctx, Dependency)
+		attrs := []slog.Attr{
+			slog.String("template", m.Template), slog.String("user_id", m.UserID.String()),
+			slog.String("message_id", messageID),
+		}
+		if err != nil {
+			// The server has the message; only the goodbye failed.
+			s.logger.LogAttrs(ctx, slog.LevelWarn, "email sent; the connection failed after the server accepted it",
+				append(attrs, slog.String("err", redact(err, m.Email).Error()))...)
+		} else {
+			s.logger.LogAttrs(ctx, slog.LevelInfo, "email sent", attrs...)
+		}
+		s.logger.LogAttrs(ctx, slog.LevelDebug, "email recipient", slog.String("user_id", m.UserID.String()), slog.String("email", m.Email))
+		return nil
+	}
+	var se *gomail.SendError
+	if errors.As(err, &se) && se.ErrorCode() > 0 {
+		// The server answered: it is up, whatever it said.
+		retry.Reached(ctx, Dependency)
+	}
+	return classify(redact(err, m.Email), s.cfg.Host, s.cfg.Port)
+}
+
+// redacted is an error whose text has the recipient's address taken out;
+// it still wraps the original, so its kind can be told.
+type redacted struct {
+	err  error
+	text string
+}
+
+func (r *redacted) Error() string { return r.text }
+
+func (r *redacted) Unwrap() error { return r.err }
+
+// redact takes the address out of err's text: mail servers quote the
+// recipient in their replies, and the text becomes a log line and a poison
+// reason.
+func redact(err error, address string) error {
+	if err == nil || address == "" {
+		return err
+	}
+	re := regexp.MustCompile(`(?i)` + regexp.QuoteMeta(address))
+	text := err.Error()
+	if !re.MatchString(text) {
+		return err
+	}
+	return &redacted{err: err, text: re.ReplaceAllString(text, "<recipient>")}
 }
 
 func classify(err error, host string, port int) error {
@@ -111,7 +172,7 @@ func classify(err error, host string, port int) error {
 	if !errors.As(err, &se) || se.Reason == gomail.ErrConnCheck || se.ErrorCode() == 421 {
 		// Dial, TLS and authentication failures, timeouts, and "service
 		// not available": the server, or our access to it, is down.
-		return retry.Unavailable(fmt.Errorf("smtp server %s:%d: %w", host, port, err))
+		return retry.Unavailable(Dependency, fmt.Errorf("smtp server %s:%d: %w", host, port, err))
 	}
 	code := se.ErrorCode()
 	switch {
@@ -120,7 +181,7 @@ func classify(err error, host string, port int) error {
 	case code >= 500:
 		// A rejected sender or a refused command affects every email: a
 		// configuration problem, not this message's.
-		return retry.Unavailable(fmt.Errorf("smtp server %s:%d refused: %w", host, port, err))
+		return retry.Unavailable(Dependency, fmt.Errorf("smtp server %s:%d refused: %w", host, port, err))
 	default:
 		return fmt.Errorf("smtp server %s:%d: %w", host, port, err)
 	}

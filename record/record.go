@@ -37,18 +37,34 @@ func ID(topic string, partition int32, offset int64) string {
 	return fmt.Sprintf("%s/%d/%d", topic, partition, offset)
 }
 
-// Marshaler is Watermill-kafka's default marshaler plus keys and stable
-// identities. Use one value for both the publisher and the subscribers.
-type Marshaler struct {
-	kafka.DefaultMarshaler
-}
+// Marshaler is Watermill-kafka's record format plus keys and stable
+// identities: the message UUID in the _watermill_message_uuid header and
+// each metadata entry in a header of its own, so that a plain
+// Watermill-kafka subscriber reads our records too. Use one value for both
+// the publisher and the subscribers.
+type Marshaler struct{}
 
-// Marshal builds a Kafka record with the message's metadata as headers and
-// the key from its context (see Key).
+// Marshal builds a Kafka record with the message's UUID and metadata as
+// headers and the key from its context (see Key). It never fails: it also
+// publishes poisoned records, and a record that cannot be poisoned would
+// block its partition. A metadata entry named like the UUID header is left
+// out, so that no metadata can replace the message's identity (Watermill-
+// kafka's default marshaler refuses the whole message instead).
 func (m Marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	rec, err := m.DefaultMarshaler.Marshal(topic, msg)
-	if err != nil {
-		return nil, err
+	headers := make([]sarama.RecordHeader, 0, len(msg.Metadata)+1)
+	if msg.UUID != "" {
+		headers = append(headers, sarama.RecordHeader{Key: []byte(kafka.UUIDHeaderKey), Value: []byte(msg.UUID)})
+	}
+	for k, v := range msg.Metadata {
+		if k == kafka.UUIDHeaderKey {
+			continue
+		}
+		headers = append(headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+	}
+	rec := &sarama.ProducerMessage{
+		Topic:   topic,
+		Value:   sarama.ByteEncoder(msg.Payload),
+		Headers: headers,
 	}
 	if key, ok := Key(msg.Context()); ok && key != nil {
 		rec.Key = sarama.ByteEncoder(key)
@@ -58,8 +74,10 @@ func (m Marshaler) Marshal(topic string, msg *message.Message) (*sarama.Producer
 
 // Unmarshal turns a record into a message. It never fails: a record the
 // router cannot use must reach a handler, which rejects it into the poison
-// topic, instead of restarting the consumer session over and over. A
-// record without a Watermill UUID header gets ID as its UUID.
+// topic, instead of restarting the consumer session over and over. The
+// first non-empty Watermill UUID header is the message's UUID; a record
+// without one gets ID as its UUID. Of repeated header keys, the last
+// becomes the metadata entry.
 func (m Marshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
 	metadata := make(message.Metadata, len(rec.Headers))
 	var uuid string
@@ -68,7 +86,9 @@ func (m Marshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, err
 			continue
 		}
 		if string(h.Key) == kafka.UUIDHeaderKey {
-			uuid = string(h.Value)
+			if uuid == "" {
+				uuid = string(h.Value)
+			}
 			continue
 		}
 		metadata.Set(string(h.Key), string(h.Value))

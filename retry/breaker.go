@@ -2,17 +2,24 @@ package retry
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
 
+// minBreakerWait is the shortest pause a Breaker makes, whatever MinWait
+// says: a zero pause would retry a down server in a tight loop.
+const minBreakerWait = 10 * time.Millisecond
+
 // Breaker pauses a whole route while a dependency is down. Place it inside
-// the Retry middleware: an Unavailable error then uses up none of the
+// the retry middleware: an Unavailable error then uses up none of the
 // message's retries and never sends a good message to the poison topic.
 // The message waits, and every other message of the route waits before its
-// first attempt, until one attempt gets through. Waits grow from MinWait to
+// attempt, until an attempt reaches the dependency that is down again (see
+// Reached). An attempt that succeeds or fails without touching it, such as
+// an invalid event, leaves the route paused. Waits grow from MinWait to
 // MaxWait. A cancelled message context (the subscriber is closing) ends the
 // wait with the context's error.
 type Breaker struct {
@@ -21,35 +28,45 @@ type Breaker struct {
 	// MaxWait caps the pause between attempts.
 	MaxWait time.Duration
 	// OnChange, if set, is called when the route pauses (with the error
-	// that paused it) and when it resumes (with nil).
+	// that paused it) and when it resumes (with nil). Calls are made in
+	// the order of the changes, one at a time.
 	OnChange func(paused bool, cause error)
 
 	mu        sync.Mutex
 	open      bool
+	cause     error
+	dep       string
 	wait      time.Duration
 	openUntil time.Time
 }
 
-// Paused reports whether the route is waiting for a dependency.
-func (b *Breaker) Paused() bool {
+// Paused reports whether the route is waiting for a dependency, and the
+// error that paused it.
+func (b *Breaker) Paused() (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.open
+	return b.open, b.cause
 }
 
 // Middleware is the Watermill middleware.
 func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		parent := msg.Context()
+		defer msg.SetContext(parent)
 		for {
-			if err := b.waitClosed(msg.Context()); err != nil {
+			if err := b.waitClosed(parent); err != nil {
 				return nil, err
 			}
+			reached := &reachedSet{}
+			msg.SetContext(context.WithValue(parent, reachedKey{}, reached))
 			out, err := h(msg)
-			if !IsUnavailable(err) {
-				b.resume()
-				return out, err
+			var u *UnavailableError
+			if errors.As(err, &u) {
+				b.trip(u.Dependency, err)
+				continue
 			}
-			b.trip(err)
+			b.resumeIf(reached)
+			return out, err
 		}
 	}
 }
@@ -72,34 +89,43 @@ func (b *Breaker) waitClosed(ctx context.Context) error {
 	}
 }
 
-func (b *Breaker) trip(cause error) {
+func (b *Breaker) trip(dep string, cause error) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	now := time.Now()
 	opened := !b.open
 	switch {
 	case opened:
 		b.open = true
-		b.wait = b.MinWait
+		b.wait = max(b.MinWait, minBreakerWait)
 	case !now.Before(b.openUntil):
 		// Only an attempt made after the pause ended grows the pause, so
 		// that many partitions failing at once count as one failure.
-		b.wait = min(2*b.wait, b.MaxWait)
+		b.wait = min(2*b.wait, max(b.MaxWait, b.MinWait, minBreakerWait))
 	}
+	b.dep, b.cause = dep, cause
 	b.openUntil = now.Add(b.wait)
-	b.mu.Unlock()
+	// Under the lock, so that a pause and a resume racing each other are
+	// reported in the order they happened.
 	if opened && b.OnChange != nil {
 		b.OnChange(true, cause)
 	}
 }
 
-func (b *Breaker) resume() {
+// resumeIf closes the breaker when the attempt reached the dependency that
+// opened it.
+func (b *Breaker) resumeIf(reached *reachedSet) {
 	b.mu.Lock()
-	closed := b.open
+	defer b.mu.Unlock()
+	if !b.open || !reached.has(b.dep) {
+		return
+	}
 	b.open = false
+	b.cause = nil
+	b.dep = ""
 	b.wait = 0
 	b.openUntil = time.Time{}
-	b.mu.Unlock()
-	if closed && b.OnChange != nil {
+	if b.OnChange != nil {
 		b.OnChange(false, nil)
 	}
 }

@@ -1,5 +1,6 @@
-// Package retry classifies handler errors for the router's retry policy, and
-// pauses a route while something it depends on is down.
+// Package retry classifies handler errors for the router's retry policy,
+// retries transient ones with backoff, and pauses a route while something
+// it depends on is down.
 //
 // An error is one of three kinds:
 //   - permanent (Permanent): retrying cannot fix it, such as an invalid
@@ -8,7 +9,8 @@
 //   - unavailable (Unavailable): a dependency is down, such as a mail server
 //     that refuses connections. The message is fine; the route waits for the
 //     dependency (see Breaker) instead of using up the message's retries.
-//   - anything else is transient: retried with backoff, then poisoned.
+//   - anything else is transient: retried with backoff (see Policy), then
+//     poisoned.
 package retry
 
 import "errors"
@@ -39,20 +41,23 @@ func IsPermanent(err error) bool {
 // UnavailableError marks an error that says a dependency is down, not that
 // the message is bad.
 type UnavailableError struct {
-	Err error
+	// Dependency names what is down, such as "smtp" or "kafka". Only an
+	// attempt that reaches it again (see Reached) resumes a paused route.
+	Dependency string
+	Err        error
 }
 
 func (e *UnavailableError) Error() string { return e.Err.Error() }
 
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
-// Unavailable marks err as a dependency outage. It returns nil for a nil
-// err.
-func Unavailable(err error) error {
+// Unavailable marks err as an outage of dependency. It returns nil for a
+// nil err.
+func Unavailable(dependency string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return &UnavailableError{Err: err}
+	return &UnavailableError{Dependency: dependency, Err: err}
 }
 
 // IsUnavailable reports whether err, or an error it wraps, is an outage.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,8 +23,8 @@ func TestClassify(t *testing.T) {
 		{base, false, false},
 		{retry.Permanent(base), true, false},
 		{fmt.Errorf("send: %w", retry.Permanent(base)), true, false},
-		{retry.Unavailable(base), false, true},
-		{fmt.Errorf("send: %w", retry.Unavailable(base)), false, true},
+		{retry.Unavailable("smtp", base), false, true},
+		{fmt.Errorf("send: %w", retry.Unavailable("smtp", base)), false, true},
 		{nil, false, false},
 	}
 	for _, tt := range tests {
@@ -34,8 +35,18 @@ func TestClassify(t *testing.T) {
 			t.Errorf("IsUnavailable(%v) = %v; want %v", tt.err, got, tt.unavailable)
 		}
 	}
-	if retry.Permanent(nil) != nil || retry.Unavailable(nil) != nil {
+	if retry.Permanent(nil) != nil || retry.Unavailable("smtp", nil) != nil {
 		t.Error("Permanent(nil) or Unavailable(nil) is not nil")
+	}
+}
+
+// reaching is a handler that reaches dep and returns err.
+func reaching(dep string, err error) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		if dep != "" {
+			retry.Reached(msg.Context(), dep)
+		}
+		return nil, err
 	}
 }
 
@@ -45,21 +56,113 @@ func TestBreakerWaitsOutAnOutage(t *testing.T) {
 	b := &retry.Breaker{MinWait: 5 * time.Millisecond, MaxWait: 20 * time.Millisecond,
 		OnChange: func(paused bool, _ error) { mu.Lock(); changes = append(changes, paused); mu.Unlock() }}
 	calls := 0
-	h := b.Middleware(func(*message.Message) ([]*message.Message, error) {
+	h := b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
 		calls++
 		if calls <= 4 {
-			return nil, retry.Unavailable(errors.New("connection refused"))
+			return nil, retry.Unavailable("smtp", errors.New("connection refused"))
 		}
-		return nil, nil
+		return reaching("smtp", nil)(msg)
 	})
 	if _, err := h(message.NewMessage("1", nil)); err != nil {
 		t.Fatalf("handler through an outage = %v; want nil", err)
 	}
-	if calls != 5 || b.Paused() {
-		t.Errorf("calls = %d, paused = %v; want 5 calls and the route resumed", calls, b.Paused())
+	if paused, _ := b.Paused(); calls != 5 || paused {
+		t.Errorf("calls = %d, paused = %v; want 5 calls and the route resumed", calls, paused)
 	}
 	if fmt.Sprint(changes) != "[true false]" {
 		t.Errorf("OnChange saw %v; want [true false]", changes)
+	}
+}
+
+// A message that never touches the dependency that is down, such as an
+// invalid event, must not resume the route: the next messages would hit
+// the dead server at full speed.
+func TestBreakerResumesOnlyWhenTheDependencyAnswers(t *testing.T) {
+	down := retry.Unavailable("smtp", errors.New("connection refused"))
+	tests := []struct {
+		name   string
+		after  message.HandlerFunc
+		paused bool
+	}{
+		{"invalid event, no smtp", reaching("", retry.Permanent(errors.New("invalid event"))), true},
+		{"repeated event, only kafka", reaching("kafka", nil), true},
+		{"smtp answered with 5xx", reaching("smtp", retry.Permanent(errors.New("550 no such user"))), false},
+		{"smtp delivered", reaching("smtp", nil), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &retry.Breaker{MinWait: time.Millisecond, MaxWait: time.Millisecond}
+			first := true
+			h := b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+				if first {
+					first = false
+					return nil, down
+				}
+				return reaching("", nil)(msg)
+			})
+			// The first message trips the breaker, then gets through
+			// without touching smtp.
+			if _, err := h(message.NewMessage("1", nil)); err != nil {
+				t.Fatalf("first message = %v; want nil", err)
+			}
+			if paused, _ := b.Paused(); !paused {
+				t.Fatalf("paused = false after an attempt that did not reach smtp; want true")
+			}
+			_, _ = b.Middleware(tt.after)(message.NewMessage("2", nil))
+			if paused, _ := b.Paused(); paused != tt.paused {
+				t.Errorf("paused = %v; want %v", paused, tt.paused)
+			}
+		})
+	}
+}
+
+// A zero MinWait must not turn an outage into a tight loop of attempts.
+func TestBreakerZeroWaitDoesNotSpin(t *testing.T) {
+	b := &retry.Breaker{}
+	var calls atomic.Int64
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	msg := message.NewMessage("1", nil)
+	msg.SetContext(ctx)
+	_, err := b.Middleware(func(*message.Message) ([]*message.Message, error) {
+		calls.Add(1)
+		return nil, retry.Unavailable("smtp", errors.New("down"))
+	})(msg)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v; want the context's deadline", err)
+	}
+	// At least 10 ms apart, growing: 100 ms holds at most about 5.
+	if n := calls.Load(); n > 12 {
+		t.Errorf("%d attempts in 100 ms with a zero MinWait; want at most 12", n)
+	}
+}
+
+// OnChange is the paused gauge's only writer: pauses and resumes racing
+// each other must leave it equal to Paused().
+func TestBreakerOnChangeMatchesState(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		var gauge atomic.Bool
+		b := &retry.Breaker{MinWait: time.Nanosecond, MaxWait: time.Nanosecond,
+			OnChange: func(paused bool, _ error) { gauge.Store(paused) }}
+		var wg sync.WaitGroup
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n := 0
+				_, _ = b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+					n++
+					if n%2 == 1 && n < 20 {
+						return nil, retry.Unavailable("smtp", errors.New("down"))
+					}
+					return reaching("smtp", nil)(msg)
+				})(message.NewMessage("1", nil))
+			}()
+		}
+		wg.Wait()
+		if paused, _ := b.Paused(); gauge.Load() != paused {
+			t.Fatalf("round %d: gauge = %v; want %v as Paused says", round, gauge.Load(), paused)
+		}
 	}
 }
 
@@ -73,14 +176,16 @@ func TestBreakerPassesOtherErrorsAndStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	msg := message.NewMessage("2", nil)
 	msg.SetContext(ctx)
+	tried := make(chan struct{})
 	done := make(chan error)
 	go func() {
 		_, err := b.Middleware(func(*message.Message) ([]*message.Message, error) {
-			return nil, retry.Unavailable(errors.New("down"))
+			close(tried)
+			return nil, retry.Unavailable("smtp", errors.New("down"))
 		})(msg)
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	<-tried
 	cancel()
 	select {
 	case err := <-done:
@@ -89,5 +194,89 @@ func TestBreakerPassesOtherErrorsAndStopsOnCancel(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the wait did not end on cancel")
+	}
+}
+
+func TestPolicyDelays(t *testing.T) {
+	tests := []struct {
+		name string
+		p    retry.Policy
+		want []time.Duration
+	}{
+		{"100ms x2", retry.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 10 * time.Second, Multiplier: 2},
+			[]time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond}},
+		{"capped", retry.Policy{InitialInterval: time.Second, MaxInterval: 3 * time.Second, Multiplier: 2},
+			[]time.Duration{time.Second, 2 * time.Second, 3 * time.Second, 3 * time.Second}},
+		{"constant", retry.Policy{InitialInterval: 50 * time.Millisecond, Multiplier: 1},
+			[]time.Duration{50 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []time.Duration
+			tt.p.MaxRetries = len(tt.want)
+			tt.p.After = func(d time.Duration) <-chan time.Time {
+				got = append(got, d)
+				ch := make(chan time.Time, 1)
+				ch <- time.Time{}
+				return ch
+			}
+			attempts := 0
+			_, err := tt.p.Middleware(func(*message.Message) ([]*message.Message, error) {
+				attempts++
+				return nil, errors.New("transient")
+			})(message.NewMessage("1", nil))
+			if err == nil || attempts != len(tt.want)+1 {
+				t.Fatalf("attempts = %d, err = %v; want %d attempts and the last error", attempts, err, len(tt.want)+1)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("waits = %v; want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// The gaps between real attempts are the configured ones: Watermill's
+// retry middleware made them 200ms, 800ms, 3.2s for 100ms × 2.
+func TestPolicyRealGaps(t *testing.T) {
+	p := retry.Policy{MaxRetries: 3, InitialInterval: 50 * time.Millisecond, MaxInterval: time.Second, Multiplier: 2}
+	var at []time.Time
+	_, _ = p.Middleware(func(*message.Message) ([]*message.Message, error) {
+		at = append(at, time.Now())
+		return nil, errors.New("transient")
+	})(message.NewMessage("1", nil))
+	want := []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond}
+	if len(at) != len(want)+1 {
+		t.Fatalf("attempts = %d; want %d", len(at), len(want)+1)
+	}
+	for i, w := range want {
+		// A timer never fires early; a loaded machine may fire it late,
+		// but not by a whole step.
+		if gap := at[i+1].Sub(at[i]); gap < w || gap >= w+w {
+			t.Errorf("gap %d = %s; want %s (less than %s)", i+1, gap, w, w+w)
+		}
+	}
+}
+
+func TestPolicyPermanentAndCancel(t *testing.T) {
+	p := retry.Policy{MaxRetries: 5, InitialInterval: time.Hour, Multiplier: 2}
+	attempts := 0
+	_, err := p.Middleware(func(*message.Message) ([]*message.Message, error) {
+		attempts++
+		return nil, retry.Permanent(errors.New("invalid"))
+	})(message.NewMessage("1", nil))
+	if attempts != 1 || !retry.IsPermanent(err) {
+		t.Errorf("permanent error: attempts = %d, err = %v; want 1 attempt and the error", attempts, err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	msg := message.NewMessage("2", nil)
+	msg.SetContext(ctx)
+	transient := errors.New("transient")
+	_, err = p.Middleware(func(*message.Message) ([]*message.Message, error) {
+		cancel()
+		return nil, transient
+	})(msg)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, transient) {
+		t.Errorf("cancelled wait = %v; want context.Canceled and the attempt's error", err)
 	}
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Go, Java and Maven: the outside
 # Kafka clients it checks the router against (kcat, and confluent-kafka for
-# the system Python that runs the seed's producer).
+# the system Python that runs the seed's producer), and a C compiler for the
+# race detector.
 set -euo pipefail
 
 missing=()
+command -v "$(go env CC)" >/dev/null || missing+=(gcc)
 command -v kcat >/dev/null || missing+=(kcat)
 /usr/bin/python3 -c 'import confluent_kafka' 2>/dev/null || missing+=(python3-confluent-kafka)
 ((${#missing[@]} == 0)) && exit 0

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the outside clients, starts a real Kafka
-# broker unless one is running, runs every test against it and against the
-# embedded broker, and stops the broker if it started it.
+# broker unless one is running, runs every test with the race detector
+# against it and against the embedded broker, and stops the broker if it
+# started it.
 #
 # Extra arguments go to go test, e.g. scripts/test.sh -run TestSeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Fail now, not after starting Kafka: the race detector needs cgo.
+cc=$(go env CC)
+if [[ $(go env CGO_ENABLED) != 1 ]] || ! command -v "${cc%% *}" >/dev/null; then
+  echo "test.sh: the race detector needs cgo and a C compiler (go env CC is '$cc'); install gcc" >&2
+  exit 1
+fi
 
 scripts/deps.sh
 # Mailpit, the SMTP server the email tests read, built from its Go module.
@@ -28,4 +36,6 @@ if [[ -z ${EVENTROUTER_TEST_BROKERS:-} ]]; then
 fi
 echo "test.sh: real Kafka at $EVENTROUTER_TEST_BROKERS; embedded broker in-process"
 go vet ./...
-go test -count=1 -timeout 45m -v "$@" ./...
+# The timeout is per package binary: generous, as -race slows tests
+# several times (the whole suite took 7.5 minutes without it).
+go test -race -count=1 -timeout 45m -v "$@" ./...
