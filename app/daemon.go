@@ -113,7 +113,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	var token string
 	if cfg.Ops.Enabled {
 		var err error
-		if token, err = readOpsToken(cfg.Ops, getenv); err != nil {
+		if token, err = readSecret("ops.token", cfg.Ops.TokenEnv, cfg.Ops.TokenFile, getenv); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -158,18 +158,9 @@ func newNotifier(cfg config.Notifier, getenv func(string) string, logger *slog.L
 		return nil, &config.KeyError{Key: "notifier.templates", Msg: err.Error()}
 	}
 	s := cfg.SMTP
-	var password string
-	switch {
-	case s.PasswordEnv != "":
-		if password = getenv(s.PasswordEnv); password == "" {
-			return nil, &config.KeyError{Key: "notifier.smtp.password_env", Msg: fmt.Sprintf("environment variable %s is empty", s.PasswordEnv)}
-		}
-	case s.PasswordFile != "":
-		b, err := os.ReadFile(s.PasswordFile)
-		if err != nil {
-			return nil, &config.KeyError{Key: "notifier.smtp.password_file", Msg: err.Error()}
-		}
-		password = strings.TrimRight(string(b), "\r\n")
+	password, err := readSecret("notifier.smtp.password", s.PasswordEnv, s.PasswordFile, getenv)
+	if err != nil {
+		return nil, err
 	}
 	n, err := notify.NewSMTP(notify.SMTPConfig{
 		Host: s.Host, Port: s.Port, TLS: s.TLS, Username: s.Username, Password: password,
@@ -368,7 +359,7 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 
 	poison, err := middleware.PoisonQueueWithFilter(
 		// The message's context carries the route for the log line.
-		poisonPublisher{Publisher: deps.pub, logger: d.logger, poisoned: d.metrics.poisoned.WithLabelValues(r.Name)},
+		poisonPublisher{Publisher: deps.pub, logger: d.logger, poisoned: d.metrics.poisoned.WithLabelValues(r.Name), breaker: d.breakers[r.Name]},
 		r.PoisonTopic,
 		// A cancelled context means the subscriber is closing: the record
 		// is not acked and comes back after the restart, unpoisoned.
@@ -442,11 +433,14 @@ func (d *Daemon) newBreaker(r config.Route) *retry.Breaker {
 }
 
 // poisonPublisher adds where a poisoned record came from, and logs each
-// record it parks.
+// record it parks. When the poison topic cannot take it, the record is not
+// acked and comes back at once: the route's breaker holds it first, so
+// that this is no hot loop.
 type poisonPublisher struct {
 	message.Publisher
 	logger   *slog.Logger
 	poisoned prometheus.Counter
+	breaker  *retry.Breaker
 }
 
 func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
@@ -459,6 +453,10 @@ func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
 		}
 	}
 	if err := p.Publisher.Publish(topic, msgs...); err != nil {
+		err = publishError(topic, err)
+		if len(msgs) > 0 && p.breaker != nil {
+			_ = p.breaker.Hold(msgs[0].Context(), kafkaDependency, err)
+		}
 		return err
 	}
 	for _, msg := range msgs {
@@ -470,4 +468,31 @@ func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
 		)
 	}
 	return nil
+}
+
+// readSecret reads a secret from the environment variable env or the file
+// file, whichever is set (key_env or key_file in the config); none gives
+// "". An unset variable or an empty file is an error, so that a missing
+// secret fails at start-up rather than becoming an empty one. A file's
+// trailing line break is not part of the secret.
+func readSecret(key, env, file string, getenv func(string) string) (string, error) {
+	switch {
+	case env != "":
+		secret := getenv(env)
+		if secret == "" {
+			return "", &config.KeyError{Key: key + "_env", Msg: fmt.Sprintf("environment variable %s is empty", env)}
+		}
+		return secret, nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", &config.KeyError{Key: key + "_file", Msg: err.Error()}
+		}
+		secret := strings.TrimRight(string(b), "\r\n")
+		if secret == "" {
+			return "", &config.KeyError{Key: key + "_file", Msg: fmt.Sprintf("%s is empty", file)}
+		}
+		return secret, nil
+	}
+	return "", nil
 }

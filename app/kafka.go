@@ -34,7 +34,7 @@ func subscriberConfig(cfg config.Kafka) *sarama.Config {
 	// As the seed's consumer does: a new group starts at the oldest record,
 	// so events published before the router first started are not lost.
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
-	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
+	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sticky{}}
 	c.Consumer.Group.Session.Timeout = cfg.SessionTimeout
 	c.Consumer.Group.Heartbeat.Interval = cfg.HeartbeatInterval
 	c.Consumer.Group.Rebalance.Timeout = cfg.RebalanceTimeout
@@ -101,4 +101,22 @@ func newSubscriber(cfg config.Kafka, brokers []string, group string, gate *drain
 // it, for tools such as the benchmark.
 func NewPublisher(cfg config.Kafka, brokers []string) (message.Publisher, error) {
 	return newPublisher(cfg, brokers, watermill.NopLogger{})
+}
+
+// sticky is sarama's sticky strategy with a new instance for each plan.
+// The instance keeps the plan in progress in its fields, and a subscriber
+// uses one config for the consumer group of each topic it subscribes, so
+// two groups planning at once would share them (a data race). The sticky
+// assignor reads the previous assignment from the members' user data, so
+// a new instance plans the same.
+type sticky struct{}
+
+func (sticky) Name() string { return sarama.StickyBalanceStrategyName }
+
+func (sticky) Plan(members map[string]sarama.ConsumerGroupMemberMetadata, topics map[string][]int32) (sarama.BalanceStrategyPlan, error) {
+	return sarama.NewBalanceStrategySticky().Plan(members, topics)
+}
+
+func (sticky) AssignmentData(memberID string, topics map[string][]int32, generationID int32) ([]byte, error) {
+	return sarama.NewBalanceStrategySticky().AssignmentData(memberID, topics, generationID)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -80,30 +79,6 @@ func (d *Daemon) startOps(brokers []string) (func(), error) {
 		<-served
 		_ = admin.Close()
 	}, nil
-}
-
-// readOpsToken reads the ops server's bearer token from the variable or
-// file cfg names; none is "".
-func readOpsToken(cfg config.Ops, getenv func(string) string) (string, error) {
-	switch {
-	case cfg.TokenEnv != "":
-		token := getenv(cfg.TokenEnv)
-		if token == "" {
-			return "", &config.KeyError{Key: "ops.token_env", Msg: fmt.Sprintf("environment variable %s is empty", cfg.TokenEnv)}
-		}
-		return token, nil
-	case cfg.TokenFile != "":
-		b, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return "", &config.KeyError{Key: "ops.token_file", Msg: err.Error()}
-		}
-		token := strings.TrimSpace(string(b))
-		if token == "" {
-			return "", &config.KeyError{Key: "ops.token_file", Msg: fmt.Sprintf("%s is empty", cfg.TokenFile)}
-		}
-		return token, nil
-	}
-	return "", nil
 }
 
 // ready checks that the router runs and is not stopping, that every route

@@ -97,10 +97,10 @@ func (h Notification) Handle(msg *message.Message) ([]*message.Message, error) {
 			return nil, fmt.Errorf("welcome notification to user %s was sent but is still not recorded: %w", ev.UserID, err)
 		}
 	case entry.Published:
-		h.skipped(ctx, ev, entry, "welcome notification already sent and announced; skipped")
+		h.skipped(ctx, msg, ev, entry, "welcome notification already sent and announced; skipped")
 		return nil, nil
 	default:
-		h.skipped(ctx, ev, entry, "welcome notification already sent; announcing it again")
+		h.skipped(ctx, msg, ev, entry, "welcome notification already sent; announcing it again")
 	}
 
 	email := entry.Address
@@ -142,12 +142,20 @@ func (h Notification) claim(ctx context.Context, key string) (ledger.Entry, bool
 	return h.Ledger.Claim(ctx, key)
 }
 
-func (h Notification) skipped(ctx context.Context, ev events.UserRegistered, e ledger.Entry, msg string) {
-	if h.Skipped != nil {
-		h.Skipped(ctx, WelcomeTemplate)
+// skipped reports a notification not sent because the ledger has it. The
+// record that sent it, come again (a retry after a failed publish, a
+// redelivery), is no repeated registration: it is logged at debug only
+// and not counted.
+func (h Notification) skipped(ctx context.Context, msg *message.Message, ev events.UserRegistered, e ledger.Entry, text string) {
+	level := slog.LevelDebug
+	if e.EventID != source(msg) {
+		level = slog.LevelInfo
+		if h.Skipped != nil {
+			h.Skipped(ctx, WelcomeTemplate)
+		}
 	}
 	if h.Logger != nil {
-		h.Logger.InfoContext(ctx, msg, "user_id", ev.UserID.String(), "first_event", e.EventID,
+		h.Logger.Log(ctx, level, text, "user_id", ev.UserID.String(), "first_event", e.EventID,
 			"sent_at", e.SentAt.Format(time.RFC3339))
 	}
 }

@@ -8,7 +8,8 @@
 // window of one local disk write) can repeat the side effect once; every
 // other redelivery finds the entry and skips it. An entry whose write
 // failed is kept in memory, so that a retry in the same process does not
-// repeat the side effect; it is written by the next Record of its key.
+// repeat the side effect; it is written with the next successful write of
+// any key, or at Close.
 //
 // The mark that the announcing event was published is cheaper: it is kept
 // in memory and written with the next entry, or at Close, so each side
@@ -22,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -110,9 +112,9 @@ func Open(path string) (*Ledger, error) {
 	return &Ledger{db: db, published: map[string]bool{}, unsaved: map[string]Entry{}, claims: map[string]*claim{}}, nil
 }
 
-// Close writes pending marks and closes the file.
+// Close writes pending entries and marks, and closes the file.
 func (l *Ledger) Close() error {
-	err := l.db.Update(l.flushMarks)
+	err := l.db.Update(l.flush)
 	if cerr := l.db.Close(); err == nil {
 		err = cerr
 	}
@@ -198,25 +200,45 @@ func (l *Ledger) Record(key string, e Entry) error {
 	if len(key) > MaxKeyLen {
 		return &KeyError{Key: key}
 	}
-	e.Unsaved = false
-	raw, err := json.Marshal(e)
-	if err == nil {
-		err = l.db.Update(func(tx *bolt.Tx) error {
-			if err := tx.Bucket(bucket).Put([]byte(key), raw); err != nil {
-				return err
-			}
-			return l.flushMarks(tx)
-		})
-	}
+	// In memory first: if the write fails, the entry stays there, found
+	// by Lookup, and is written by the next successful write or Close.
+	e.Unsaved = true
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err != nil {
-		e.Unsaved = true
-		l.unsaved[key] = e
+	l.unsaved[key] = e
+	l.mu.Unlock()
+	if err := l.db.Update(l.flush); err != nil {
 		return fmt.Errorf("ledger record %s: %w", key, err)
 	}
-	delete(l.unsaved, key)
 	return nil
+}
+
+// flush writes in tx every entry whose write is pending, then the pending
+// published marks; they leave memory only once tx commits.
+func (l *Ledger) flush(tx *bolt.Tx) error {
+	l.mu.Lock()
+	entries := maps.Clone(l.unsaved)
+	l.mu.Unlock()
+	b := tx.Bucket(bucket)
+	for key, e := range entries {
+		e.Unsaved = false
+		raw, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("encode ledger entry %s: %w", key, err)
+		}
+		if err := b.Put([]byte(key), raw); err != nil {
+			return err
+		}
+	}
+	tx.OnCommit(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for key, e := range entries {
+			if l.unsaved[key] == e {
+				delete(l.unsaved, key)
+			}
+		}
+	})
+	return l.flushMarks(tx)
 }
 
 // MarkPublished notes that the event announcing key's side effect was
@@ -229,7 +251,7 @@ func (l *Ledger) MarkPublished(key string) error {
 	if !full {
 		return nil
 	}
-	if err := l.db.Update(l.flushMarks); err != nil {
+	if err := l.db.Update(l.flush); err != nil {
 		return fmt.Errorf("ledger mark published: %w", err)
 	}
 	return nil
@@ -251,10 +273,9 @@ func (l *Ledger) flushMarks(tx *bolt.Tx) error {
 			continue
 		}
 		var e Entry
-		if err := json.Unmarshal(raw, &e); err != nil {
-			return err
-		}
-		if e.Published {
+		if err := json.Unmarshal(raw, &e); err != nil || e.Published {
+			// An entry that does not decode keeps its bytes: one bad entry
+			// must not make every later write fail.
 			continue
 		}
 		e.Published = true

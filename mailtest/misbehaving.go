@@ -29,6 +29,9 @@ type Behaviour struct {
 	DropBeforeReply bool
 	// Delay is waited before every reply.
 	Delay time.Duration
+	// StallQuit never answers QUIT: the client waits until its timeout, or
+	// the server is closed.
+	StallQuit bool
 }
 
 // Accepted is a message a Misbehaving server answered 250 to.
@@ -48,7 +51,9 @@ type Misbehaving struct {
 	mu       sync.Mutex
 	accepted []Accepted
 	conns    int
+	verbs    []string
 	wg       sync.WaitGroup
+	closed   chan struct{}
 }
 
 // StartMisbehaving starts a server that behaves as b on a free loopback
@@ -59,7 +64,7 @@ func StartMisbehaving(t testing.TB, b Behaviour) *Misbehaving {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Misbehaving{ln: ln, beh: b}
+	s := &Misbehaving{ln: ln, beh: b, closed: make(chan struct{})}
 	s.wg.Add(1)
 	go s.serve()
 	t.Cleanup(s.Close)
@@ -74,8 +79,20 @@ func (s *Misbehaving) Port() int { return s.ln.Addr().(*net.TCPAddr).Port }
 
 // Close stops the server and waits for its connections to end.
 func (s *Misbehaving) Close() {
+	select {
+	case <-s.closed:
+	default:
+		close(s.closed)
+	}
 	_ = s.ln.Close()
 	s.wg.Wait()
+}
+
+// Commands returns the SMTP commands the server received, in order.
+func (s *Misbehaving) Commands() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.verbs...)
 }
 
 // Accepted returns the messages the server answered 250 to, in order.
@@ -140,6 +157,9 @@ func (s *Misbehaving) session(tc *textproto.Conn) {
 			return
 		}
 		verb := strings.ToUpper(strings.Fields(line + " x")[0])
+		s.mu.Lock()
+		s.verbs = append(s.verbs, verb)
+		s.mu.Unlock()
 		switch verb {
 		case "EHLO":
 			err = s.reply(tc, "250-misbehaving\r\n250-8BITMIME\r\n250 SMTPUTF8")
@@ -175,6 +195,10 @@ func (s *Misbehaving) session(tc *textproto.Conn) {
 				}
 			}
 		case "QUIT":
+			if s.beh.StallQuit {
+				<-s.closed
+				return
+			}
 			_ = s.reply(tc, "221 bye")
 			return
 		default:

@@ -54,7 +54,11 @@ func NewSMTP(cfg SMTPConfig, templates *Templates, logger *slog.Logger) (*SMTP, 
 	if err != nil {
 		return nil, fmt.Errorf("smtp from %q: %w", cfg.From, err)
 	}
-	opts := []gomail.Option{gomail.WithPort(cfg.Port), gomail.WithTimeout(cfg.Timeout)}
+	opts := []gomail.Option{gomail.WithPort(cfg.Port), gomail.WithTimeout(cfg.Timeout),
+		// One message per connection: a NOOP before it and an RSET after it
+		// are round trips that check nothing, and the RSET would stand
+		// between the server's acceptance and the ledger write.
+		gomail.WithoutNoop(), gomail.WithoutRset()}
 	switch cfg.TLS {
 	case "none":
 		opts = append(opts, gomail.WithTLSPolicy(gomail.NoTLS))
@@ -81,10 +85,11 @@ func (*SMTP) Channel() string { return "email" }
 // it. Another 4xx reply is transient. A 5xx reply to the recipient or the
 // content is retry.Permanent, with the server's reply as the reason.
 //
-// Once the server has accepted the message (its reply to the end of DATA),
-// the email is sent: an error after that, such as a connection dropped
-// before the reply to QUIT, is logged and Send returns nil, so the email
-// is not sent again. Errors never carry the recipient's address.
+// Send returns as soon as the server has accepted the message (its reply
+// to the end of DATA): the email is sent, and the caller records it at
+// once. The goodbye (QUIT) follows in the background, bounded by the
+// timeout; its failure, such as a connection dropped right after the
+// acceptance, changes nothing. Errors never carry the recipient's address.
 func (s *SMTP) Send(ctx context.Context, m Message) error {
 	subject, text, html, err := s.templates.Render(m)
 	if err != nil {
@@ -111,22 +116,23 @@ func (s *SMTP) Send(ctx context.Context, m Message) error {
 	if err != nil {
 		return fmt.Errorf("smtp client: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	dialCtx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	err = client.DialAndSendWithContext(ctx, msg)
+	conn, err := client.DialToSMTPClientWithContext(dialCtx)
+	if err != nil {
+		return classify(redact(fmt.Errorf("dial failed: %w", err), m.Email), s.cfg.Host, s.cfg.Port)
+	}
+	err = client.SendWithSMTPClient(conn, msg)
+	go func() {
+		if err := client.CloseWithSMTPClient(conn); err != nil {
+			s.logger.Debug("smtp goodbye failed", "err", redact(err, m.Email).Error())
+		}
+	}()
 	if msg.IsDelivered() {
 		retry.Reached(ctx, Dependency)
-		attrs := []slog.Attr{
+		s.logger.LogAttrs(ctx, slog.LevelInfo, "email sent",
 			slog.String("template", m.Template), slog.String("user_id", m.UserID.String()),
-			slog.String("message_id", messageID),
-		}
-		if err != nil {
-			// The server has the message; only the goodbye failed.
-			s.logger.LogAttrs(ctx, slog.LevelWarn, "email sent; the connection failed after the server accepted it",
-				append(attrs, slog.String("err", redact(err, m.Email).Error()))...)
-		} else {
-			s.logger.LogAttrs(ctx, slog.LevelInfo, "email sent", attrs...)
-		}
+			slog.String("message_id", messageID))
 		s.logger.LogAttrs(ctx, slog.LevelDebug, "email recipient", slog.String("user_id", m.UserID.String()), slog.String("email", m.Email))
 		return nil
 	}

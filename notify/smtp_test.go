@@ -156,3 +156,31 @@ func errText(err error) string {
 	}
 	return err.Error()
 }
+
+// Send returns once the server accepted the message, without waiting for
+// the goodbye: the ledger write follows at once, so the window in which a
+// crash repeats the email is that write, not a slow server's QUIT. No NOOP
+// or RSET round trip stands in between either.
+func TestSMTPReturnsOnAcceptance(t *testing.T) {
+	server := mailtest.StartMisbehaving(t, mailtest.Behaviour{StallQuit: true})
+	var logs bytes.Buffer
+	s := newSMTP(t, server.Port(), time.Minute, &logs)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Send(context.Background(), notify.Message{Template: "welcome", UserID: events.NewUserID("42"), Email: recipient, Key: "welcome/42"})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Send = %v; want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Send still waits for the server's reply to QUIT (the timeout is a minute); want it to return on acceptance")
+	}
+	for _, verb := range server.Commands() {
+		if verb == "NOOP" || verb == "RSET" {
+			t.Errorf("commands = %v; want no NOOP or RSET round trip", server.Commands())
+			break
+		}
+	}
+}

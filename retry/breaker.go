@@ -19,9 +19,11 @@ const minBreakerWait = 10 * time.Millisecond
 // The message waits, and every other message of the route waits before its
 // attempt, until an attempt reaches the dependency that is down again (see
 // Reached). An attempt that succeeds or fails without touching it, such as
-// an invalid event, leaves the route paused. Waits grow from MinWait to
-// MaxWait. A cancelled message context (the subscriber is closing) ends the
-// wait with the context's error.
+// an invalid event, leaves the route paused. A pause whose messages all
+// left without reaching the dependency (their partitions were revoked) ends
+// when its wait is over: nothing is waiting for the dependency any more.
+// Waits grow from MinWait to MaxWait. A cancelled message context (the
+// subscriber is closing) ends the wait with the context's error.
 type Breaker struct {
 	// MinWait is the first pause after an outage is seen.
 	MinWait time.Duration
@@ -32,8 +34,11 @@ type Breaker struct {
 	// the order of the changes, one at a time.
 	OnChange func(paused bool, cause error)
 
-	mu        sync.Mutex
-	open      bool
+	mu   sync.Mutex
+	open bool
+	// holders counts the messages inside the breaker that an outage
+	// stopped: they wait for the dependency, or try it again.
+	holders   int
 	cause     error
 	dep       string
 	wait      time.Duration
@@ -45,6 +50,7 @@ type Breaker struct {
 func (b *Breaker) Paused() (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.expireLocked()
 	return b.open, b.cause
 }
 
@@ -53,6 +59,12 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		parent := msg.Context()
 		defer msg.SetContext(parent)
+		holding := false
+		defer func() {
+			if holding {
+				b.release()
+			}
+		}()
 		for {
 			if err := b.waitClosed(parent); err != nil {
 				return nil, err
@@ -62,13 +74,34 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			out, err := h(msg)
 			var u *UnavailableError
 			if errors.As(err, &u) {
-				b.trip(u.Dependency, err)
+				b.trip(u.Dependency, err, !holding)
+				holding = true
 				continue
+			}
+			if holding {
+				holding = false
+				b.release()
 			}
 			b.resumeIf(reached)
 			return out, err
 		}
 	}
+}
+
+// Hold pauses the route for dependency, which failed with cause outside
+// the middleware (such as the poison queue's publish), and waits out the
+// pause, or until ctx is done.
+func (b *Breaker) Hold(ctx context.Context, dependency string, cause error) error {
+	b.trip(dependency, cause, true)
+	defer b.release()
+	return b.waitClosed(ctx)
+}
+
+func (b *Breaker) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holders--
+	b.expireLocked()
 }
 
 func (b *Breaker) waitClosed(ctx context.Context) error {
@@ -89,9 +122,12 @@ func (b *Breaker) waitClosed(ctx context.Context) error {
 	}
 }
 
-func (b *Breaker) trip(dep string, cause error) {
+func (b *Breaker) trip(dep string, cause error, hold bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if hold {
+		b.holders++
+	}
 	now := time.Now()
 	opened := !b.open
 	switch {
@@ -118,8 +154,20 @@ func (b *Breaker) resumeIf(reached *reachedSet) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.open || !reached.has(b.dep) {
+		b.expireLocked()
 		return
 	}
+	b.closeLocked()
+}
+
+// expireLocked ends a pause that no message holds once its wait is over.
+func (b *Breaker) expireLocked() {
+	if b.open && b.holders == 0 && !time.Now().Before(b.openUntil) {
+		b.closeLocked()
+	}
+}
+
+func (b *Breaker) closeLocked() {
 	b.open = false
 	b.cause = nil
 	b.dep = ""

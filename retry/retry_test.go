@@ -78,7 +78,6 @@ func TestBreakerWaitsOutAnOutage(t *testing.T) {
 // invalid event, must not resume the route: the next messages would hit
 // the dead server at full speed.
 func TestBreakerResumesOnlyWhenTheDependencyAnswers(t *testing.T) {
-	down := retry.Unavailable("smtp", errors.New("connection refused"))
 	tests := []struct {
 		name   string
 		after  message.HandlerFunc
@@ -92,27 +91,80 @@ func TestBreakerResumesOnlyWhenTheDependencyAnswers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := &retry.Breaker{MinWait: time.Millisecond, MaxWait: time.Millisecond}
-			first := true
-			h := b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
-				if first {
-					first = false
-					return nil, down
-				}
-				return reaching("", nil)(msg)
-			})
-			// The first message trips the breaker, then gets through
-			// without touching smtp.
-			if _, err := h(message.NewMessage("1", nil)); err != nil {
-				t.Fatalf("first message = %v; want nil", err)
-			}
-			if paused, _ := b.Paused(); !paused {
-				t.Fatalf("paused = false after an attempt that did not reach smtp; want true")
-			}
+			// Message 1 trips the breaker, then holds it: its retry blocks
+			// until the test is done.
+			retrying, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			calls := 0
+			go func() {
+				defer close(done)
+				_, _ = b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+					if calls++; calls == 1 {
+						return nil, retry.Unavailable("smtp", errors.New("connection refused"))
+					}
+					close(retrying)
+					<-release
+					return reaching("smtp", nil)(msg)
+				})(message.NewMessage("1", nil))
+			}()
+			<-retrying
 			_, _ = b.Middleware(tt.after)(message.NewMessage("2", nil))
 			if paused, _ := b.Paused(); paused != tt.paused {
 				t.Errorf("paused = %v; want %v", paused, tt.paused)
 			}
+			close(release)
+			<-done
+			if paused, _ := b.Paused(); paused {
+				t.Error("paused = true after the held message reached smtp; want false")
+			}
 		})
+	}
+}
+
+// A pause whose messages all left without reaching the dependency (their
+// partitions went to another instance) must not stay reported for good.
+func TestBreakerPauseNobodyHoldsEnds(t *testing.T) {
+	var mu sync.Mutex
+	var changes []bool
+	b := &retry.Breaker{MinWait: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond,
+		OnChange: func(paused bool, _ error) { mu.Lock(); changes = append(changes, paused); mu.Unlock() }}
+	ctx, cancel := context.WithCancel(context.Background())
+	msg := message.NewMessage("1", nil)
+	msg.SetContext(ctx)
+	_, err := b.Middleware(func(*message.Message) ([]*message.Message, error) {
+		cancel() // the partition is revoked during the attempt
+		return nil, retry.Unavailable("smtp", errors.New("down"))
+	})(msg)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v; want context.Canceled", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		paused, _ := b.Paused()
+		if !paused {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("still paused 10s after the only message left; want the pause to end with its wait")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(changes) != "[true false]" {
+		t.Errorf("OnChange saw %v; want [true false]", changes)
+	}
+}
+
+// Hold pauses the route for a failure outside the middleware, such as the
+// poison queue's publish, so that its redelivery is not a hot loop.
+func TestBreakerHold(t *testing.T) {
+	b := &retry.Breaker{MinWait: 50 * time.Millisecond, MaxWait: time.Second}
+	start := time.Now()
+	if err := b.Hold(context.Background(), "kafka", errors.New("poison topic missing")); err != nil {
+		t.Fatalf("Hold = %v; want nil", err)
+	}
+	if waited := time.Since(start); waited < 50*time.Millisecond {
+		t.Errorf("Hold returned after %s; want it to wait out the 50ms pause", waited)
 	}
 }
 
