@@ -35,22 +35,33 @@ func newSMTP(t *testing.T, port int, timeout time.Duration, logs *bytes.Buffer) 
 	return s
 }
 
-// send sends one welcome email inside a breaker that smtp tripped, and
-// reports whether the attempt reached the server (the breaker resumed).
+// send sends one welcome email while another message holds a breaker that
+// smtp tripped, and reports whether the attempt reached the server (the
+// breaker resumed).
 func send(s *notify.SMTP) (err error, reached bool) {
 	b := &retry.Breaker{MinWait: time.Nanosecond}
-	tripped := false
-	h := b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
-		if !tripped {
-			tripped = true
-			return nil, retry.Unavailable(notify.Dependency, errors.New("down"))
-		}
+	retrying, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		calls := 0
+		_, _ = b.Middleware(func(*message.Message) ([]*message.Message, error) {
+			if calls++; calls == 1 {
+				return nil, retry.Unavailable(notify.Dependency, errors.New("down"))
+			}
+			close(retrying)
+			<-release
+			return nil, nil
+		})(message.NewMessage("holder", nil))
+	}()
+	<-retrying
+	_, err = b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
 		return nil, s.Send(msg.Context(), notify.Message{
 			Template: "welcome", UserID: events.NewUserID("42"), Email: recipient, EventID: "t/0/1", Key: "welcome/42",
 		})
-	})
-	_, err = h(message.NewMessage("1", nil))
+	})(message.NewMessage("1", nil))
 	paused, _ := b.Paused()
+	close(release)
+	<-done
 	return err, !paused
 }
 
