@@ -15,17 +15,7 @@ import (
 	"github.com/eventrouter/eventrouter/mailtest"
 )
 
-func smtpYAML(m *mailtest.Server) string {
-	return fmt.Sprintf(`notifier:
-  kind: smtp
-  smtp:
-    host: %s
-    port: %d
-    tls: none
-    from: "Example <welcome@example.com>"
-    timeout: 5s
-`, m.Host(), m.Port())
-}
+func smtpYAML(m *mailtest.Server) string { return smtpAt(m.Host(), m.Port()) }
 
 func userEmail(i int) string { return fmt.Sprintf("user%d@example.com", i) }
 

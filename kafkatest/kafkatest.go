@@ -4,7 +4,6 @@
 package kafkatest
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"io"
@@ -170,59 +169,7 @@ func Produce(t testing.TB, brokers []string, topic string, records ...Record) {
 // passes, and returns what it read. It waits for the topic to exist.
 func Consume(t testing.TB, brokers []string, topic string, n int, timeout time.Duration) []*sarama.ConsumerMessage {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	client, err := sarama.NewClient(brokers, Config())
-	if err != nil {
-		t.Fatalf("connect consumer to %v: %v", brokers, err)
-	}
-	defer client.Close()
-
-	var partitions []int32
-	for {
-		_ = client.RefreshMetadata(topic)
-		partitions, err = client.Partitions(topic)
-		if err == nil && len(partitions) > 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	consumer, err := sarama.NewConsumerFromClient(client)
-	if err != nil {
-		t.Fatalf("consumer: %v", err)
-	}
-	defer consumer.Close()
-	out := make(chan *sarama.ConsumerMessage)
-	for _, p := range partitions {
-		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
-		if err != nil {
-			t.Fatalf("consume %s/%d: %v", topic, p, err)
-		}
-		defer pc.AsyncClose()
-		go func() {
-			for m := range pc.Messages() {
-				select {
-				case out <- m:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
-	}
-	var got []*sarama.ConsumerMessage
-	for len(got) < n {
-		select {
-		case m := <-out:
-			got = append(got, m)
-		case <-ctx.Done():
-			return got
-		}
-	}
-	return got
+	return ConsumeFrom(t, brokers, topic, nil, n, timeout)
 }
 
 // Header returns the value of the record's header key, and whether it has
