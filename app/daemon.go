@@ -54,6 +54,9 @@ type Options struct {
 	Getenv func(string) string
 	// TracerProvider replaces the one the tracing config builds.
 	TracerProvider trace.TracerProvider
+	// WrapPublisher, if set, wraps the Kafka publisher of produced events
+	// and poisoned records, such as to make it fail in tests.
+	WrapPublisher func(message.Publisher) message.Publisher
 }
 
 // Daemon is the long-lived event router.
@@ -64,6 +67,7 @@ type Daemon struct {
 	deps     handlers.Deps
 	getenv   func(string) string
 	tracing  trace.TracerProvider
+	wrapPub  func(message.Publisher) message.Publisher
 	prom     *prometheus.Registry
 	metrics  *metrics
 	running  chan struct{}
@@ -140,7 +144,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	}
 	return &Daemon{
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
-		tracing: opts.TracerProvider, prom: prom, metrics: m,
+		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
 		running: make(chan struct{}), gates: gates, opsToken: token,
 	}, nil
 }
@@ -273,7 +277,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// decorators label their series with Go type names.
 	handlerMetrics := wmetrics.NewPrometheusMetricsBuilder(d.prom, "eventrouter", "watermill").NewRouterMiddleware()
 	for _, r := range d.cfg.Routes {
-		rd := routeDeps{brokers: brokers, pub: pub, gate: d.gates[r.Name], ledger: l, handler: deps, wlog: wlog,
+		var routePub message.Publisher = pub
+		if d.wrapPub != nil {
+			routePub = d.wrapPub(pub)
+		}
+		rd := routeDeps{brokers: brokers, pub: routePub, gate: d.gates[r.Name], ledger: l, handler: deps, wlog: wlog,
 			tracer: tracer, handlerMetrics: handlerMetrics.Middleware}
 		if err := d.addRoute(router, r, rd); err != nil {
 			return fmt.Errorf("route %s: %w", r.Name, err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventrouter/eventrouter/app"
@@ -215,6 +216,80 @@ func TestPauseSkipAndPrivacyAreVisible(t *testing.T) {
 			if strings.Contains(text, "private") {
 				t.Errorf("%s carries an email address at info level: %q", what, text)
 			}
+		}
+	})
+}
+
+// flakyPublisher fails every publish to one topic, as sarama does when no
+// broker can be reached, while down is set.
+type flakyPublisher struct {
+	message.Publisher
+	topic    string
+	mu       sync.Mutex
+	down     bool
+	failures int
+}
+
+func (f *flakyPublisher) Publish(topic string, msgs ...*message.Message) error {
+	f.mu.Lock()
+	down := f.down && topic == f.topic
+	if down {
+		f.failures++
+	}
+	f.mu.Unlock()
+	if down {
+		return fmt.Errorf("cannot produce message %s: %w", msgs[0].UUID, sarama.ErrOutOfBrokers)
+	}
+	return f.Publisher.Publish(topic, msgs...)
+}
+
+func (f *flakyPublisher) set(down bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = down
+}
+
+func (f *flakyPublisher) failed() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failures
+}
+
+// Kafka unreachable for notification-sent: the route pauses, as for a mail
+// server outage. Nothing is poisoned, no email goes out twice, and every
+// notification-sent is published once Kafka is back.
+func TestKafkaOutageOnPublishPausesTheRoute(t *testing.T) {
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		const users = 3
+		r := newRoute()
+		flaky := &flakyPublisher{topic: r.out, down: true}
+		notifier := &recorder{}
+		d := startDaemon(t, testConfig(t, k.Brokers, r, ""), app.Options{Notifier: notifier,
+			WrapPublisher: func(p message.Publisher) message.Publisher { flaky.Publisher = p; return flaky }})
+		produceEvents(t, k.Brokers, r.in, 0, users)
+		waitFor(t, consumeTimeout, "the route to pause", func() bool { return strings.Contains(d.logs.String(), "route paused") })
+		// The pause retries the publish (100ms, then longer), not the
+		// message's retries, which would poison it after three.
+		waitFor(t, consumeTimeout, "the publish tried five times", func() bool { return flaky.failed() >= 5 })
+		if n := notifier.Calls(); n != 1 {
+			t.Errorf("notifier called %d times during the outage; want 1: the email went out before the publish failed", n)
+		}
+		flaky.set(false)
+		waitFor(t, consumeTimeout, "every notification-sent", func() bool { return count(t, k.Brokers, r.out) >= users })
+		if err := d.stop(); err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+		if n := count(t, k.Brokers, r.out); n != users {
+			t.Errorf("notification-sent holds %d records; want %d", n, users)
+		}
+		if n := count(t, k.Brokers, r.poison); n != 0 {
+			t.Errorf("poison topic holds %d records after a Kafka outage; want 0", n)
+		}
+		if n := len(notifier.Sent()); n != users {
+			t.Errorf("sent %d emails; want %d, one per user", n, users)
+		}
+		if !strings.Contains(d.logs.String(), "route resumed") {
+			t.Error("no 'route resumed' in the log after the outage")
 		}
 	})
 }
