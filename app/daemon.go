@@ -103,11 +103,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 		errs = append(errs, splitJoined(err)...)
 	}
 	deps := handlers.Deps{Notifier: opts.Notifier, Now: opts.Now}
-	switch {
-	case deps.Notifier != nil:
-	case cfg.Notifier.Kind != "log" && cfg.Notifier.Kind != "none" && cfg.Notifier.Kind != "smtp":
-		errs = append(errs, &config.KeyError{Key: "notifier.kind", Msg: fmt.Sprintf("unknown notifier %q; known: log, smtp, none", cfg.Notifier.Kind)})
-	default:
+	if deps.Notifier == nil {
 		n, err := newNotifier(cfg.Notifier, getenv, logger)
 		if err != nil {
 			errs = append(errs, err)
@@ -156,6 +152,9 @@ func newNotifier(cfg config.Notifier, getenv func(string) string, logger *slog.L
 		return notify.Log{Logger: logger.With("component", "notifier")}, nil
 	case "none":
 		return notify.None{}, nil
+	case "smtp":
+	default:
+		return nil, &config.KeyError{Key: "notifier.kind", Msg: fmt.Sprintf("unknown notifier %q; known: log, smtp, none", cfg.Kind)}
 	}
 	templates, err := notify.LoadTemplates(cfg.Templates)
 	if err != nil {
