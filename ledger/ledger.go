@@ -11,6 +11,10 @@
 // repeat the side effect; it is written with the next successful write of
 // any key, or at Close.
 //
+// Writes are group-committed: Records that arrive while a transaction is
+// being written share the next one, and its fsync; each returns once its
+// own entry is on disk.
+//
 // The mark that the announcing event was published is cheaper: it is kept
 // in memory and written with the next entry, or at Close, so each side
 // effect costs one fsync, not two. A crash can lose the last marks; a
@@ -77,6 +81,14 @@ type Ledger struct {
 	unsaved map[string]Entry
 	// claims holds a semaphore per claimed key.
 	claims map[string]*claim
+
+	// Group commit (see commit): cmu guards the flush counts, and commits
+	// waits on it for a flush to finish.
+	cmu      sync.Mutex
+	commits  *sync.Cond
+	started  uint64
+	finished uint64
+	lastErr  error
 }
 
 type claim struct {
@@ -109,7 +121,9 @@ func Open(path string) (*Ledger, error) {
 		db.Close()
 		return nil, fmt.Errorf("init ledger %s: %w", path, err)
 	}
-	return &Ledger{db: db, published: map[string]bool{}, unsaved: map[string]Entry{}, claims: map[string]*claim{}}, nil
+	l := &Ledger{db: db, published: map[string]bool{}, unsaved: map[string]Entry{}, claims: map[string]*claim{}}
+	l.commits = sync.NewCond(&l.cmu)
+	return l, nil
 }
 
 // Close writes pending entries and marks, and closes the file.
@@ -206,10 +220,44 @@ func (l *Ledger) Record(key string, e Entry) error {
 	l.mu.Lock()
 	l.unsaved[key] = e
 	l.mu.Unlock()
-	if err := l.db.Update(l.flush); err != nil {
-		return fmt.Errorf("ledger record %s: %w", key, err)
+	err := l.commit()
+	l.mu.Lock()
+	pending := l.unsaved[key] == e
+	l.mu.Unlock()
+	if !pending {
+		// Written, by this flush or another's.
+		return nil
 	}
-	return nil
+	if err == nil {
+		err = errors.New("not written")
+	}
+	return fmt.Errorf("ledger record %s: %w", key, err)
+}
+
+// commit returns once a flush that started after the call has finished,
+// and that flush's error. It runs the flush itself when none is under way;
+// otherwise it waits for the running one and then takes the next. A flush
+// writes every pending entry, so Records that arrive while one is under
+// way share the next transaction and its fsync (group commit), and each
+// still returns only once its entry is on disk.
+func (l *Ledger) commit() error {
+	l.cmu.Lock()
+	defer l.cmu.Unlock()
+	ticket := l.started + 1
+	for l.finished < ticket {
+		if l.started == l.finished {
+			l.started++
+			l.cmu.Unlock()
+			err := l.db.Update(l.flush)
+			l.cmu.Lock()
+			l.finished++
+			l.lastErr = err
+			l.commits.Broadcast()
+			continue
+		}
+		l.commits.Wait()
+	}
+	return l.lastErr
 }
 
 // flush writes in tx every entry whose write is pending, then the pending

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -60,5 +61,51 @@ func TestUndecodableEntryDoesNotBlockWrites(t *testing.T) {
 	l.published["welcome/bad"] = true
 	if err := l.Record("welcome/1", Entry{EventID: "t/0/1"}); err != nil {
 		t.Errorf("Record with an undecodable entry's mark pending = %v; want nil", err)
+	}
+}
+
+// Records that arrive together share a transaction and its fsync, and
+// each returns only once its entry is on disk.
+func TestConcurrentRecordsShareCommits(t *testing.T) {
+	const n = 64
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			<-start
+			errs <- l.Record(fmt.Sprintf("welcome/%d", i), Entry{EventID: fmt.Sprintf("t/0/%d", i)})
+		}()
+	}
+	close(start)
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("Record = %v; want nil", err)
+		}
+	}
+	l.cmu.Lock()
+	commits := l.finished
+	l.cmu.Unlock()
+	if commits >= n {
+		t.Errorf("%d concurrent Records took %d commits; want fewer, shared", n, commits)
+	}
+	t.Logf("%d concurrent Records, %d commits", n, commits)
+	// Durable: a new handle on the file sees every entry.
+	if err := l.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 0; i < n; i++ {
+		if _, found, err := l.Lookup(fmt.Sprintf("welcome/%d", i)); err != nil || !found {
+			t.Errorf("welcome/%d after reopen: found %v, %v; want found", i, found, err)
+		}
 	}
 }
