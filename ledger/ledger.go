@@ -67,7 +67,19 @@ type KeyError struct {
 }
 
 func (e *KeyError) Error() string {
+	if e.Key == "" {
+		return "ledger key is empty"
+	}
 	return fmt.Sprintf("ledger key of %d bytes is longer than the limit of %d", len(e.Key), MaxKeyLen)
+}
+
+// checkKey refuses the keys bbolt would refuse: a write that cannot
+// succeed must fail before the side effect, not after it.
+func checkKey(key string) error {
+	if key == "" || len(key) > MaxKeyLen {
+		return &KeyError{Key: key}
+	}
+	return nil
 }
 
 // Ledger is an open ledger file. It is safe for concurrent use.
@@ -140,8 +152,8 @@ func (l *Ledger) Close() error {
 // waits until the first is released, or ctx is done. A key longer than
 // MaxKeyLen is a *KeyError.
 func (l *Ledger) Claim(ctx context.Context, key string) (e Entry, found bool, release func(), err error) {
-	if len(key) > MaxKeyLen {
-		return Entry{}, false, nil, &KeyError{Key: key}
+	if err := checkKey(key); err != nil {
+		return Entry{}, false, nil, err
 	}
 	l.mu.Lock()
 	c, ok := l.claims[key]
@@ -211,8 +223,12 @@ func (l *Ledger) Lookup(key string) (Entry, bool, error) {
 // Record stores e under key. When the write fails, e is kept in memory
 // (Unsaved) so that Lookup and Claim still find it, and the error says so.
 func (l *Ledger) Record(key string, e Entry) error {
-	if len(key) > MaxKeyLen {
-		return &KeyError{Key: key}
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	// An entry that cannot be encoded would fail every later write.
+	if _, err := json.Marshal(e); err != nil {
+		return fmt.Errorf("encode ledger entry %s: %w", key, err)
 	}
 	// In memory first: if the write fails, the entry stays there, found
 	// by Lookup, and is written by the next successful write or Close.

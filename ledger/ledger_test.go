@@ -132,6 +132,9 @@ func TestKeyLengthIsBounded(t *testing.T) {
 	if err := l.Record(long, ledger.Entry{}); !errors.As(err, &ke) {
 		t.Errorf("Record of a %d-byte key = %v; want a *ledger.KeyError", len(long), err)
 	}
+	if err := l.Record("", ledger.Entry{}); !errors.As(err, &ke) {
+		t.Errorf("Record of an empty key = %v; want a *ledger.KeyError", err)
+	}
 	if _, _, release, err := l.Claim(context.Background(), long[:ledger.MaxKeyLen]); err != nil {
 		t.Errorf("Claim of a %d-byte key = %v; want nil", ledger.MaxKeyLen, err)
 	} else {

@@ -19,9 +19,10 @@ const minBreakerWait = 10 * time.Millisecond
 // The message waits, and every other message of the route waits before its
 // attempt, until an attempt reaches the dependency that is down again (see
 // Reached). An attempt that succeeds or fails without touching it, such as
-// an invalid event, leaves the route paused. A pause whose messages all
-// left without reaching the dependency (their partitions were revoked) ends
-// when its wait is over: nothing is waiting for the dependency any more.
+// an invalid event, leaves the route paused. A pause that no message has
+// held for one more wait after it ended (its messages left without reaching
+// the dependency: their partitions were revoked) ends by itself: nothing
+// waits for the dependency any more.
 // Waits grow from MinWait to MaxWait. A cancelled message context (the
 // subscriber is closing) ends the wait with the context's error.
 type Breaker struct {
@@ -50,7 +51,6 @@ type Breaker struct {
 func (b *Breaker) Paused() (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.expireLocked()
 	return b.open, b.cause
 }
 
@@ -97,21 +97,40 @@ func (b *Breaker) Hold(ctx context.Context, dependency string, cause error) erro
 	return b.waitClosed(ctx)
 }
 
+// release lets go of the pause. The last holder to leave arms a timer
+// that ends the pause if nobody holds it one more wait after it ended.
 func (b *Breaker) release() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.holders--
-	b.expireLocked()
+	if b.open && b.holders == 0 {
+		time.AfterFunc(time.Until(b.staleAt()), b.expire)
+	}
 }
 
+// staleAt is when a pause that nobody holds ends.
+func (b *Breaker) staleAt() time.Time { return b.openUntil.Add(b.wait) }
+
+func (b *Breaker) expire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.open && b.holders == 0 && !time.Now().Before(b.staleAt()) {
+		b.closeLocked()
+	}
+}
+
+// waitClosed waits until the pause, if any, is over; a message waiting
+// holds the pause.
 func (b *Breaker) waitClosed(ctx context.Context) error {
 	b.mu.Lock()
-	until := b.openUntil
-	b.mu.Unlock()
-	d := time.Until(until)
+	d := time.Until(b.openUntil)
 	if d <= 0 {
+		b.mu.Unlock()
 		return ctx.Err()
 	}
+	b.holders++
+	b.mu.Unlock()
+	defer b.release()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -154,17 +173,9 @@ func (b *Breaker) resumeIf(reached *reachedSet) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.open || !reached.has(b.dep) {
-		b.expireLocked()
 		return
 	}
 	b.closeLocked()
-}
-
-// expireLocked ends a pause that no message holds once its wait is over.
-func (b *Breaker) expireLocked() {
-	if b.open && b.holders == 0 && !time.Now().Before(b.openUntil) {
-		b.closeLocked()
-	}
 }
 
 func (b *Breaker) closeLocked() {

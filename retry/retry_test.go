@@ -121,12 +121,12 @@ func TestBreakerResumesOnlyWhenTheDependencyAnswers(t *testing.T) {
 }
 
 // A pause whose messages all left without reaching the dependency (their
-// partitions went to another instance) must not stay reported for good.
+// partitions went to another instance) must not stay reported for good: it
+// ends by itself one wait after it ended, with nobody asking.
 func TestBreakerPauseNobodyHoldsEnds(t *testing.T) {
-	var mu sync.Mutex
-	var changes []bool
+	changes := make(chan bool, 4)
 	b := &retry.Breaker{MinWait: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond,
-		OnChange: func(paused bool, _ error) { mu.Lock(); changes = append(changes, paused); mu.Unlock() }}
+		OnChange: func(paused bool, _ error) { changes <- paused }}
 	ctx, cancel := context.WithCancel(context.Background())
 	msg := message.NewMessage("1", nil)
 	msg.SetContext(ctx)
@@ -137,34 +137,41 @@ func TestBreakerPauseNobodyHoldsEnds(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v; want context.Canceled", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		paused, _ := b.Paused()
-		if !paused {
-			break
+	for _, want := range []bool{true, false} {
+		select {
+		case got := <-changes:
+			if got != want {
+				t.Fatalf("OnChange(%v); want OnChange(%v)", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no OnChange(%v) within 10s; want the pause to end by itself", want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("still paused 10s after the only message left; want the pause to end with its wait")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if fmt.Sprint(changes) != "[true false]" {
-		t.Errorf("OnChange saw %v; want [true false]", changes)
 	}
 }
 
 // Hold pauses the route for a failure outside the middleware, such as the
-// poison queue's publish, so that its redelivery is not a hot loop.
+// poison queue's publish. The record comes back at once and fails again:
+// each Hold then waits longer, and the route stays paused in between
+// rather than flapping.
 func TestBreakerHold(t *testing.T) {
-	b := &retry.Breaker{MinWait: 50 * time.Millisecond, MaxWait: time.Second}
+	var mu sync.Mutex
+	var changes []bool
+	b := &retry.Breaker{MinWait: 20 * time.Millisecond, MaxWait: time.Second,
+		OnChange: func(paused bool, _ error) { mu.Lock(); changes = append(changes, paused); mu.Unlock() }}
 	start := time.Now()
-	if err := b.Hold(context.Background(), "kafka", errors.New("poison topic missing")); err != nil {
-		t.Fatalf("Hold = %v; want nil", err)
+	for i := 0; i < 3; i++ {
+		if err := b.Hold(context.Background(), "kafka", errors.New("poison topic missing")); err != nil {
+			t.Fatalf("Hold = %v; want nil", err)
+		}
 	}
-	if waited := time.Since(start); waited < 50*time.Millisecond {
-		t.Errorf("Hold returned after %s; want it to wait out the 50ms pause", waited)
+	// 20ms, then 40ms, then 80ms.
+	if waited := time.Since(start); waited < 140*time.Millisecond {
+		t.Errorf("three Holds returned after %s; want the waits to grow, 140ms at least", waited)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(changes) != "[true]" {
+		t.Errorf("OnChange saw %v; want [true]: one pause, not one per Hold", changes)
 	}
 }
 
