@@ -223,17 +223,24 @@ func TestTraceContextReachesNotificationSent(t *testing.T) {
 		if !regexp.MustCompile(`^00-` + traceID + `-[0-9a-f]{16}-01$`).MatchString(parent) {
 			t.Errorf("notification-sent traceparent = %q; want the producer's trace %s", parent, traceID)
 		}
+		// notification-sent is published inside the chain, so the handle and
+		// process spans end just after a consumer can read it.
+		wanted := []string{r.in + " process", "welcome handle", r.out + " publish"}
 		names := map[string]bool{}
-		for _, s := range spans.GetSpans() {
-			if s.SpanContext.TraceID().String() == traceID {
-				names[s.Name] = true
+		waitFor(t, consumeTimeout, "the trace's spans", func() bool {
+			names = map[string]bool{}
+			for _, s := range spans.GetSpans() {
+				if s.SpanContext.TraceID().String() == traceID {
+					names[s.Name] = true
+				}
 			}
-		}
-		for _, want := range []string{r.in + " process", "welcome handle", r.out + " publish"} {
-			if !names[want] {
-				t.Errorf("spans in the trace = %v; want %q", names, want)
+			for _, want := range wanted {
+				if !names[want] {
+					return false
+				}
 			}
-		}
+			return true
+		})
 	})
 }
 
