@@ -115,7 +115,9 @@ func TestOpsEndpoints(t *testing.T) {
 			_, body := get(t, base+"/metrics", true)
 			h, _ := metric(body, `eventrouter_messages_handled_total{route="welcome"}`)
 			p, _ := metric(body, `eventrouter_messages_poisoned_total{route="welcome"}`)
-			return h == 1 && p == 1
+			// Watermill's metric is taken outside the attempt, a moment later.
+			w, _ := metric(body, `eventrouter_watermill_handler_execution_time_seconds_count{handler_name="welcome",success="true"}`)
+			return h == 1 && p == 1 && w == 1
 		})
 		_, body = get(t, base+"/metrics", true)
 		for _, series := range []string{

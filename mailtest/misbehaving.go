@@ -183,16 +183,16 @@ func (s *Misbehaving) session(tc *textproto.Conn) {
 				return
 			}
 			dataReply := or(s.beh.DataReply, "250 accepted")
-			if err = s.reply(tc, dataReply); err != nil {
-				return
-			}
-			if strings.HasPrefix(dataReply, "250") {
+			accepted := strings.HasPrefix(dataReply, "250")
+			if accepted {
+				// Counted before the reply, so a test that saw the client
+				// finish also sees the count.
 				s.mu.Lock()
 				s.accepted = append(s.accepted, Accepted{To: rcpt, MessageID: header(body, "Message-Id")})
 				s.mu.Unlock()
-				if s.beh.DropAfterAccept {
-					return
-				}
+			}
+			if err = s.reply(tc, dataReply); err != nil || (accepted && s.beh.DropAfterAccept) {
+				return
 			}
 		case "QUIT":
 			if s.beh.StallQuit {
