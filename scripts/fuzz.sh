@@ -36,13 +36,23 @@ if ((${#targets[@]} == 0)); then
 fi
 echo "fuzz.sh: ${#targets[@]} target(s), $fuzztime each"
 
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
 failed=()
 for target in "${targets[@]}"; do
   read -r pkg name <<<"$target"
   echo "fuzz.sh: $name in $pkg"
-  if ! go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg"; then
-    failed+=("$name in $pkg")
+  if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg" 2>&1 | tee "$out"; then
+    continue
   fi
+  # go test sometimes ends a fuzz run that reached -fuzztime with "context
+  # deadline exceeded" while a worker is busy, and writes no input: nothing
+  # failed. A real finding always writes its input.
+  if grep -q 'context deadline exceeded' "$out" && ! grep -q 'Failing input written' "$out"; then
+    echo "fuzz.sh: $name ended at its time limit with go's 'context deadline exceeded' and no failing input; counted as passed"
+    continue
+  fi
+  failed+=("$name in $pkg")
 done
 
 if ((${#failed[@]} > 0)); then
