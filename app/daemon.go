@@ -20,17 +20,17 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventrouter/eventrouter/broker"
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/drain"
+	"github.com/eventrouter/eventrouter/consume"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
+	"github.com/eventrouter/eventrouter/record"
 	"github.com/eventrouter/eventrouter/retry"
 )
 
@@ -72,9 +72,9 @@ type Daemon struct {
 	metrics  *metrics
 	running  chan struct{}
 	stopping atomic.Bool
-	// gates stand between each route's consumer group and its
-	// subscriber, by route name; fixed in New.
-	gates   map[string]*drain.Gate
+	// subs are the routes' subscribers, by route name; fixed in New, as
+	// readiness and the stop read them.
+	subs    map[string]*consume.Subscriber
 	opsAddr atomic.Pointer[string]
 	probe   sarama.Client
 	// breakers pause each route while a dependency is down, by route
@@ -134,14 +134,19 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := newMetrics(prom)
 	deps.Notifier = countingNotifier{Notifier: deps.Notifier, sent: m.notifications}
-	gates := map[string]*drain.Gate{}
+	subs := map[string]*consume.Subscriber{}
 	for _, r := range cfg.Routes {
-		gates[r.Name] = drain.New()
+		sub, err := newSubscriber(cfg.Kafka, cfg.Brokers(), r, logger)
+		if err != nil {
+			return nil, err
+		}
+		subs[r.Name] = sub
 	}
+	prom.MustRegister(newConsumerCollector(subs))
 	return &Daemon{
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
 		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
-		running: make(chan struct{}), gates: gates, opsToken: token,
+		running: make(chan struct{}), subs: subs, opsToken: token,
 	}, nil
 }
 
@@ -280,7 +285,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if d.wrapPub != nil {
 			routePub = d.wrapPub(pub)
 		}
-		rd := routeDeps{brokers: brokers, pub: routePub, gate: d.gates[r.Name], ledger: l, handler: deps, wlog: wlog,
+		rd := routeDeps{pub: routePub, sub: d.subs[r.Name], ledger: l, handler: deps, wlog: wlog,
 			tracer: tracer, handlerMetrics: handlerMetrics.Middleware}
 		if err := d.addRoute(router, r, rd); err != nil {
 			return fmt.Errorf("route %s: %w", r.Name, err)
@@ -314,12 +319,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.stopping.Store(true)
 	d.logger.Info("stopping: finishing in-flight messages", "in_flight", d.inFlight(),
 		"timeout", d.cfg.Router.ShutdownTimeout.String())
-	for _, gate := range d.gates {
-		gate.Stop()
+	for _, sub := range d.subs {
+		sub.Stop()
 	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), d.cfg.Router.ShutdownTimeout)
-	for _, gate := range d.gates {
-		if err := gate.Wait(drainCtx); err != nil {
+	for _, sub := range d.subs {
+		if err := sub.Wait(drainCtx); err != nil {
 			d.logger.Warn("in-flight messages did not finish in time; they will be redelivered",
 				"in_flight", d.inFlight(), "timeout", d.cfg.Router.ShutdownTimeout.String())
 			break
@@ -339,9 +344,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // routeDeps are what every route shares.
 type routeDeps struct {
-	brokers []string
 	pub     message.Publisher
-	gate    *drain.Gate
+	sub     *consume.Subscriber
 	ledger  *ledger.Ledger
 	handler handlers.Deps
 	wlog    watermill.LoggerAdapter
@@ -353,11 +357,6 @@ type routeDeps struct {
 // addRoute subscribes a route's consumer group and adds its handler with
 // its middleware.
 func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps) error {
-	sub, err := newSubscriber(d.cfg.Kafka, deps.brokers, r.ConsumerGroup, deps.gate, deps.wlog)
-	if err != nil {
-		return err
-	}
-
 	// Every route's series exist from the start, at zero.
 	d.metrics.handled.WithLabelValues(r.Name)
 	d.metrics.retried.WithLabelValues(r.Name)
@@ -390,7 +389,7 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	// same path as a failed handler.
 	handle := output(r, deps.pub, deps.ledger, deps.tracer, d.logger)(
 		middleware.Recoverer(middleware.CorrelationID(d.registry[r.Handler].New(deps.handler))))
-	h := router.AddConsumerHandler(r.Name, r.SubscribeTopic, sub, func(msg *message.Message) error {
+	h := router.AddConsumerHandler(r.Name, r.SubscribeTopic, deps.sub, func(msg *message.Message) error {
 		_, err := handle(msg)
 		return err
 	})
@@ -452,11 +451,9 @@ type poisonPublisher struct {
 
 func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
 	for _, msg := range msgs {
-		if partition, ok := kafka.MessagePartitionFromCtx(msg.Context()); ok {
-			msg.Metadata.Set(PoisonedPartitionKey, strconv.FormatInt(int64(partition), 10))
-		}
-		if offset, ok := kafka.MessagePartitionOffsetFromCtx(msg.Context()); ok {
-			msg.Metadata.Set(PoisonedOffsetKey, strconv.FormatInt(offset, 10))
+		if o, ok := record.OriginFrom(msg.Context()); ok {
+			msg.Metadata.Set(PoisonedPartitionKey, strconv.FormatInt(int64(o.Partition), 10))
+			msg.Metadata.Set(PoisonedOffsetKey, strconv.FormatInt(o.Offset, 10))
 		}
 	}
 	if err := p.Publisher.Publish(topic, msgs...); err != nil {

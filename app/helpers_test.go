@@ -27,6 +27,10 @@ import (
 // route is the topics of one test's notification route.
 type route struct {
 	in, out, poison, group string
+	// ordering and maxInFlight, when set, override the route's defaults
+	// (key, 256).
+	ordering    string
+	maxInFlight int
 }
 
 func newRoute() route {
@@ -36,13 +40,20 @@ func newRoute() route {
 
 // yaml returns the routes section that runs the notification handler on r.
 func (r route) yaml() string {
-	return fmt.Sprintf(`routes:
+	s := fmt.Sprintf(`routes:
   - name: welcome
     handler: notification
     subscribe_topic: %s
     consumer_group: %s
     publish_topic: %s
 `, r.in, r.group, r.out)
+	if r.ordering != "" {
+		s += fmt.Sprintf("    ordering: %s\n", r.ordering)
+	}
+	if r.maxInFlight != 0 {
+		s += fmt.Sprintf("    max_in_flight: %d\n", r.maxInFlight)
+	}
+	return s
 }
 
 // testConfig loads a config through the same path as the daemon, with

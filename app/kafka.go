@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/drain"
+	"github.com/eventrouter/eventrouter/consume"
 	"github.com/eventrouter/eventrouter/record"
 )
 
@@ -76,23 +77,27 @@ func newPublisher(cfg config.Kafka, brokers []string, logger watermill.LoggerAda
 	return pub, nil
 }
 
-// newSubscriber makes the subscriber of one consumer group. It connects
-// when it subscribes.
-func newSubscriber(cfg config.Kafka, brokers []string, group string, gate *drain.Gate, logger watermill.LoggerAdapter) (*kafka.Subscriber, error) {
-	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
-		Brokers:               brokers,
-		Unmarshaler:           record.Marshaler{},
-		OverwriteSaramaConfig: subscriberConfig(cfg),
-		ConsumerGroup:         group,
-		// Not a tracer: the hook lets the gate stand between sarama and
-		// the subscriber, for a stop that loses and repeats nothing.
-		Tracer: gate,
-		// For SubscribeInitialize: the broker's default partitions and
-		// replication factor.
-		InitializeTopicDetails: &sarama.TopicDetail{NumPartitions: -1, ReplicationFactor: -1},
-	}, logger)
+// newSubscriber makes the subscriber of route r's consumer group. It
+// connects when it subscribes.
+func newSubscriber(cfg config.Kafka, brokers []string, r config.Route, logger *slog.Logger) (*consume.Subscriber, error) {
+	ordering, err := consume.ParseOrdering(r.Ordering)
 	if err != nil {
-		return nil, fmt.Errorf("create subscriber for group %s: %w", group, err)
+		return nil, fmt.Errorf("route %s: %w", r.Name, err)
+	}
+	sub, err := consume.NewSubscriber(consume.Config{
+		Brokers:       brokers,
+		ConsumerGroup: r.ConsumerGroup,
+		Sarama:        subscriberConfig(cfg),
+		Unmarshaler:   record.Marshaler{},
+		Ordering:      ordering,
+		MaxInFlight:   r.MaxInFlight,
+		// A revoked partition lets its records in flight finish, but the
+		// member must rejoin within the rebalance timeout.
+		RevokeTimeout: cfg.RebalanceTimeout * 3 / 4,
+		Logger:        logger.With("component", "consumer", "route", r.Name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create subscriber for group %s: %w", r.ConsumerGroup, err)
 	}
 	return sub, nil
 }

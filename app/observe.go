@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/consume"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/msglog"
@@ -96,8 +96,8 @@ func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware
 				middleware.SetCorrelationID(msg.UUID, msg)
 			}
 			ctx := msg.Context()
-			partition, _ := kafka.MessagePartitionFromCtx(ctx)
-			offset, _ := kafka.MessagePartitionOffsetFromCtx(ctx)
+			origin, _ := record.OriginFrom(ctx)
+			partition, offset := origin.Partition, origin.Offset
 			ctx = msglog.With(ctx,
 				slog.String("route", r.Name),
 				slog.String("topic", r.SubscribeTopic),
@@ -254,4 +254,52 @@ func (l timedLedger) Record(key string, e ledger.Entry) error {
 	err := l.Ledger.Record(key, e)
 	l.seconds.Observe(time.Since(start).Seconds())
 	return err
+}
+
+// consumerCollector reports, at scrape time, each route's records in
+// flight and, per partition, how long its oldest unfinished record has
+// waited: a stuck record shows there before the lag grows.
+type consumerCollector struct {
+	subs     map[string]*consume.Subscriber
+	inFlight *prometheus.Desc
+	window   *prometheus.Desc
+	oldest   *prometheus.Desc
+	now      func() time.Time
+}
+
+func newConsumerCollector(subs map[string]*consume.Subscriber) *consumerCollector {
+	return &consumerCollector{
+		subs: subs, now: time.Now,
+		inFlight: prometheus.NewDesc("eventrouter_records_in_flight",
+			"Records a route has handed to its handler and not finished (acked, poisoned or given up).",
+			[]string{"route"}, nil),
+		window: prometheus.NewDesc("eventrouter_partition_uncommitted_records",
+			"Records of a partition taken from Kafka and not yet committed: waiting for their key, in flight, or finished behind an unfinished one.",
+			[]string{"route", "topic", "partition"}, nil),
+		oldest: prometheus.NewDesc("eventrouter_partition_oldest_unfinished_seconds",
+			"How long the oldest unfinished record of a partition has been in the route; 0 when none is unfinished.",
+			[]string{"route", "topic", "partition"}, nil),
+	}
+}
+
+func (c *consumerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.inFlight
+	ch <- c.window
+	ch <- c.oldest
+}
+
+func (c *consumerCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.now()
+	for route, sub := range c.subs {
+		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(sub.InFlight()), route)
+		for _, p := range sub.Partitions() {
+			partition := strconv.Itoa(int(p.Partition))
+			ch <- prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, float64(p.Window), route, p.Topic, partition)
+			age := 0.0
+			if !p.Oldest.IsZero() {
+				age = now.Sub(p.Oldest).Seconds()
+			}
+			ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, route, p.Topic, partition)
+		}
+	}
 }

@@ -25,8 +25,8 @@ func (d *Daemon) OpsAddr() string {
 
 func (d *Daemon) inFlight() int64 {
 	var n int64
-	for _, g := range d.gates {
-		n += g.InFlight()
+	for _, sub := range d.subs {
+		n += sub.InFlight()
 	}
 	return n
 }
@@ -96,7 +96,7 @@ func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 	}
 	for _, r := range d.cfg.Routes {
 		state := "ok"
-		if g, ok := d.gates[r.Name]; !ok || !g.InSession() {
+		if sub, ok := d.subs[r.Name]; !ok || !sub.InSession() {
 			state = "not in a consumer group session"
 		}
 		if b, ok := d.breakers[r.Name]; ok {

@@ -228,6 +228,21 @@ type Route struct {
 	PoisonTopic string `yaml:"poison_topic"`
 	// Retry overrides the global retry policy, key by key.
 	Retry Retry `yaml:"retry"`
+	// Ordering says which records of a partition the route may handle at
+	// once: "key" (the default) runs records concurrently unless they
+	// share a Kafka key, and records without a key one after the other;
+	// "partition" runs one record per partition at a time; "unordered"
+	// runs any record at once.
+	Ordering string `yaml:"ordering"`
+	// MaxInFlight bounds the records the route handles at once, across its
+	// partitions.
+	MaxInFlight int `yaml:"max_in_flight"`
+}
+
+// DefaultRoute returns a route before its YAML is laid over it: retry is
+// the global policy it inherits.
+func DefaultRoute(retry Retry) Route {
+	return Route{Retry: retry.clone(), Ordering: "key", MaxInFlight: 256}
 }
 
 // Defaults returns the configuration that every loaded file is laid over.
@@ -557,6 +572,14 @@ func (c Config) problems(inFile func(key string) bool) []error {
 			add(key+".name", "%q is already the name of routes[%d]", r.Name, j)
 		}
 		names[r.Name] = i
+		switch r.Ordering {
+		case "key", "partition", "unordered":
+		default:
+			add(key+".ordering", "%q is not an ordering; want key, partition or unordered", r.Ordering)
+		}
+		if r.MaxInFlight < 1 || r.MaxInFlight > maxInFlight {
+			add(key+".max_in_flight", "must be between 1 and %d, got %d", maxInFlight, r.MaxInFlight)
+		}
 		// Routes inherit the global policy: report its problems once.
 		for _, p := range r.Retry.problems(key + ".retry") {
 			if k, _ := keyOf(p); !inherited(p, global) || inFile != nil && inFile(k) {
@@ -566,6 +589,10 @@ func (c Config) problems(inFile func(key string) bool) []error {
 	}
 	return errs
 }
+
+// maxInFlight bounds routes[].max_in_flight: each record in flight is a
+// goroutine and a record held in memory.
+const maxInFlight = 65536
 
 func (r Retry) problems(key string) []error {
 	var errs []error

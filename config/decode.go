@@ -422,7 +422,7 @@ func (l *routesOver) UnmarshalYAML(n *yaml.Node) error {
 		return nil
 	}
 	for _, item := range n.Content {
-		r := Route{Retry: l.base.clone()}
+		r := DefaultRoute(l.base)
 		// Type errors are the checker's to report; decoding goes on.
 		_ = item.Decode(&r)
 		l.routes = append(l.routes, r)

@@ -27,7 +27,10 @@ func Key(ctx context.Context) ([]byte, bool) {
 	if key, ok := ctx.Value(keyContextKey{}).([]byte); ok {
 		return key, true
 	}
-	return kafka.MessageKeyFromCtx(ctx)
+	if o, ok := OriginFrom(ctx); ok {
+		return o.Key, true
+	}
+	return nil, false
 }
 
 // ID returns the identity of a record that carries no Watermill message

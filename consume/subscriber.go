@@ -1,0 +1,576 @@
+package consume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/eventrouter/eventrouter/record"
+)
+
+// Unmarshaler turns a Kafka record into a Watermill message.
+// record.Marshaler is one.
+type Unmarshaler interface {
+	Unmarshal(*sarama.ConsumerMessage) (*message.Message, error)
+}
+
+// Config configures a Subscriber.
+type Config struct {
+	// Brokers are the Kafka bootstrap addresses.
+	Brokers []string
+	// ConsumerGroup is the group every subscription joins.
+	ConsumerGroup string
+	// Sarama is the client configuration; each subscription gets a copy.
+	Sarama *sarama.Config
+	// Unmarshaler turns records into messages. It should never fail: a
+	// record it refuses is handed on with its raw value, its identity as
+	// UUID and no metadata, so that the handler rejects it into the poison
+	// topic instead of it blocking its partition.
+	Unmarshaler Unmarshaler
+	// Ordering says which records of a partition may be in flight at once.
+	Ordering Ordering
+	// MaxInFlight bounds the records handed out and not yet finished,
+	// across every partition and subscription; default 256.
+	MaxInFlight int
+	// MaxWindow bounds, per partition, the records taken from Kafka and
+	// not yet committed: waiting for their key, in flight, or finished
+	// behind an unfinished one. When it is reached, fetching from that
+	// partition stops until its oldest records finish. Default 4 ×
+	// MaxInFlight.
+	MaxWindow int
+	// NackDelay is how long a nacked record waits before it is handed out
+	// again; its key stays blocked meanwhile. Default 100ms.
+	NackDelay time.Duration
+	// RevokeTimeout bounds how long a revoked partition waits for its
+	// records in flight to finish before it lets the partition go; late
+	// acks are dropped, and the new owner handles those records again.
+	// Default 30s; keep it under the group's rebalance timeout.
+	RevokeTimeout time.Duration
+	// Logger receives the subscriber's own lines; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 256
+	}
+	if c.MaxWindow <= 0 {
+		c.MaxWindow = 4 * c.MaxInFlight
+	}
+	if c.NackDelay <= 0 {
+		c.NackDelay = 100 * time.Millisecond
+	}
+	if c.RevokeTimeout <= 0 {
+		c.RevokeTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports a config the subscriber cannot work with.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("no brokers"))
+	}
+	if c.ConsumerGroup == "" {
+		errs = append(errs, errors.New("no consumer group"))
+	}
+	if c.Sarama == nil {
+		errs = append(errs, errors.New("no sarama config"))
+	} else if err := c.Sarama.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Unmarshaler == nil {
+		errs = append(errs, errors.New("no unmarshaler"))
+	}
+	return errors.Join(errs...)
+}
+
+// Subscriber is a Watermill subscriber on a Kafka consumer group that
+// hands a partition's records out without waiting for earlier acks, as far
+// as its Ordering allows, and commits per partition only the offset below
+// which every record is finished. Acked and nacked messages can come back
+// in any order.
+//
+// It also stops cleanly: Stop stops handing out records, Wait waits for
+// the ones handed out, and Close then commits and leaves the group, so that
+// a stop neither loses nor repeats a record.
+type Subscriber struct {
+	cfg Config
+	// slots holds a token per record handed out and not finished.
+	slots chan struct{}
+	// ctx is cancelled by Close; every message context derives from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// stop is closed by Stop.
+	stop     chan struct{}
+	stopOnce sync.Once
+	closed   atomic.Bool
+	wg       sync.WaitGroup
+
+	inFlight atomic.Int64
+	sessions atomic.Int64
+
+	mu         sync.Mutex
+	partitions map[*partition]struct{}
+}
+
+// NewSubscriber checks cfg and returns a subscriber. It connects when it
+// subscribes.
+func NewSubscriber(cfg Config) (*Subscriber, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("kafka subscriber: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Subscriber{
+		cfg:        cfg,
+		slots:      make(chan struct{}, cfg.MaxInFlight),
+		ctx:        ctx,
+		cancel:     cancel,
+		stop:       make(chan struct{}),
+		partitions: map[*partition]struct{}{},
+	}, nil
+}
+
+var _ message.Subscriber = (*Subscriber)(nil)
+
+// Subscribe joins the consumer group for topic and returns the messages
+// handed out to this member. The channel closes when ctx is done or the
+// subscriber closes, once every partition was let go.
+func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if s.closed.Load() {
+		return nil, errors.New("kafka subscriber is closed")
+	}
+	group, err := sarama.NewConsumerGroup(s.cfg.Brokers, s.cfg.ConsumerGroup, s.cfg.Sarama)
+	if err != nil {
+		return nil, fmt.Errorf("join consumer group %s at %s: %w", s.cfg.ConsumerGroup, strings.Join(s.cfg.Brokers, ","), err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan *message.Message)
+	h := &groupHandler{s: s, ctx: ctx, out: out}
+	logger := s.cfg.Logger.With("topic", topic, "consumer_group", s.cfg.ConsumerGroup)
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		defer cancel()
+		stopAfterClose := context.AfterFunc(s.ctx, cancel)
+		defer stopAfterClose()
+
+		errsDone := make(chan struct{})
+		go func() {
+			defer close(errsDone)
+			for err := range group.Errors() {
+				logger.Warn("kafka consumer error", "err", err)
+			}
+		}()
+		defer func() {
+			if err := group.Close(); err != nil {
+				logger.Warn("close consumer group", "err", err)
+			}
+			<-errsDone
+		}()
+
+		wait := 250 * time.Millisecond
+		for ctx.Err() == nil {
+			err := group.Consume(ctx, []string{topic}, h)
+			switch {
+			case errors.Is(err, sarama.ErrClosedConsumerGroup):
+				return
+			case err != nil:
+				logger.Warn("consumer group session failed; joining again", "err", err, "in", wait.String())
+				select {
+				case <-ctx.Done():
+				case <-time.After(wait):
+				}
+				wait = min(2*wait, 10*time.Second)
+			default:
+				// A rebalance ended the session: join the next one.
+				wait = 250 * time.Millisecond
+			}
+		}
+	}()
+	return out, nil
+}
+
+// SubscribeInitialize creates topic with the broker's default partitions
+// and replication factor, unless it exists.
+func (s *Subscriber) SubscribeInitialize(topic string) error {
+	admin, err := sarama.NewClusterAdmin(s.cfg.Brokers, s.cfg.Sarama)
+	if err != nil {
+		return fmt.Errorf("connect to kafka at %s: %w", strings.Join(s.cfg.Brokers, ","), err)
+	}
+	defer admin.Close()
+	err = admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: -1, ReplicationFactor: -1}, false)
+	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Stop stops handing out records; the ones handed out go on, and their
+// acks are still committed. Records not handed out are left to be consumed
+// again from the committed offset.
+func (s *Subscriber) Stop() { s.stopOnce.Do(func() { close(s.stop) }) }
+
+// Wait waits until no record is handed out and unfinished, or ctx is done.
+// After Stop, that is when every record this member took is finished or
+// given up with its partition.
+func (s *Subscriber) Wait(ctx context.Context) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.inFlight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Close leaves the consumer group of every subscription, committing what
+// was finished, and cancels the contexts of messages still in flight: their
+// acks count no more.
+func (s *Subscriber) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	s.Stop()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// InFlight returns how many records are handed out and not finished.
+func (s *Subscriber) InFlight() int64 { return s.inFlight.Load() }
+
+// InSession reports whether a consumer group session is live: the group
+// was joined and this member takes part, with or without partitions.
+func (s *Subscriber) InSession() bool { return s.sessions.Load() > 0 }
+
+// PartitionStats describes one partition this member consumes.
+type PartitionStats struct {
+	Topic     string
+	Partition int32
+	// InFlight counts the records taken and not finished, waiting for
+	// their key or handed out.
+	InFlight int
+	// Window counts the records taken and not committed.
+	Window int
+	// Oldest is when the oldest unfinished record was taken; zero when none
+	// is unfinished.
+	Oldest time.Time
+}
+
+// Partitions returns the partitions this member consumes now.
+func (s *Subscriber) Partitions() []PartitionStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	stats := make([]PartitionStats, 0, len(s.partitions))
+	for p := range s.partitions {
+		stats = append(stats, p.stats())
+	}
+	slices.SortFunc(stats, func(a, b PartitionStats) int {
+		if c := strings.Compare(a.Topic, b.Topic); c != 0 {
+			return c
+		}
+		return int(a.Partition - b.Partition)
+	})
+	return stats
+}
+
+// groupHandler is the sarama side of one subscription.
+type groupHandler struct {
+	s   *Subscriber
+	ctx context.Context
+	out chan<- *message.Message
+}
+
+func (h *groupHandler) Setup(sarama.ConsumerGroupSession) error {
+	h.s.sessions.Add(1)
+	return nil
+}
+
+func (h *groupHandler) Cleanup(sarama.ConsumerGroupSession) error {
+	h.s.sessions.Add(-1)
+	return nil
+}
+
+// ConsumeClaim runs one partition until it is revoked or the subscription
+// ends. It never returns early: sarama ends the whole session when one
+// partition's ConsumeClaim returns.
+func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	p := &partition{
+		s: h.s, sess: sess, claim: claim, out: h.out, ctx: h.ctx,
+		w:       NewWindow(h.s.cfg.Ordering, 0),
+		records: map[int64]*sarama.ConsumerMessage{},
+		results: make(chan result),
+		requeue: make(chan *sarama.ConsumerMessage),
+		done:    make(chan struct{}),
+	}
+	h.s.mu.Lock()
+	h.s.partitions[p] = struct{}{}
+	h.s.mu.Unlock()
+	defer func() {
+		h.s.mu.Lock()
+		delete(h.s.partitions, p)
+		h.s.mu.Unlock()
+	}()
+	p.run()
+	return nil
+}
+
+// partition is the state of one claimed partition. Only its run goroutine
+// changes it; mu guards the window for Partitions.
+type partition struct {
+	s     *Subscriber
+	sess  sarama.ConsumerGroupSession
+	claim sarama.ConsumerGroupClaim
+	out   chan<- *message.Message
+	ctx   context.Context
+
+	mu sync.Mutex
+	w  *Window
+
+	// records holds the records taken and not finished, by offset.
+	records map[int64]*sarama.ConsumerMessage
+	// ready holds records that may start and wait for a slot.
+	ready []*sarama.ConsumerMessage
+	// handedOut counts records handed out whose result is due.
+	handedOut int
+	// delayed counts nacked records waiting to be handed out again.
+	delayed int
+
+	results chan result
+	requeue chan *sarama.ConsumerMessage
+	// done is closed when run returns: results and requeues after it are
+	// dropped.
+	done chan struct{}
+}
+
+type result struct {
+	rec   *sarama.ConsumerMessage
+	acked bool
+}
+
+func (p *partition) stats() PartitionStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := PartitionStats{Topic: p.claim.Topic(), Partition: p.claim.Partition(), InFlight: p.w.InFlight(), Window: p.w.Span()}
+	if t, ok := p.w.Oldest(); ok {
+		st.Oldest = t
+	}
+	return st
+}
+
+// run takes records, hands them out as the ordering allows, and marks
+// offsets as results come, until the partition is revoked or the
+// subscription ends.
+func (p *partition) run() {
+	defer close(p.done)
+	stop := p.s.stop
+	stopped := false
+	// pending is ready[0] as a message, once it holds a slot.
+	var pending *message.Message
+	var pendingCancel context.CancelFunc
+	defer func() {
+		if pending != nil {
+			pendingCancel()
+			p.release()
+		}
+	}()
+	for {
+		var in <-chan *sarama.ConsumerMessage
+		if !stopped && p.window() < p.s.cfg.MaxWindow {
+			in = p.claim.Messages()
+		}
+		var acquire chan<- struct{}
+		var send chan<- *message.Message
+		if !stopped && len(p.ready) > 0 {
+			if pending == nil {
+				acquire = p.s.slots
+			} else {
+				send = p.out
+			}
+		}
+		select {
+		case rec, ok := <-in:
+			if !ok {
+				p.revoke()
+				return
+			}
+			p.take(rec)
+		case acquire <- struct{}{}:
+			pending, pendingCancel = p.message(p.ready[0])
+		case send <- pending:
+			rec := p.ready[0]
+			p.ready = p.ready[1:]
+			p.handedOut++
+			p.s.inFlight.Add(1)
+			go p.watch(pending, pendingCancel, rec)
+			pending, pendingCancel = nil, nil
+		case r := <-p.results:
+			p.result(r)
+		case rec := <-p.requeue:
+			p.delayed--
+			p.ready = append(p.ready, rec)
+		case <-stop:
+			stopped, stop = true, nil
+			if pending != nil {
+				pendingCancel()
+				p.release()
+				pending, pendingCancel = nil, nil
+			}
+		case <-p.sess.Context().Done():
+			p.revoke()
+			return
+		case <-p.ctx.Done():
+			p.revoke()
+			return
+		}
+	}
+}
+
+func (p *partition) window() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.w.Span()
+}
+
+// take adds a record from Kafka to the window.
+func (p *partition) take(rec *sarama.ConsumerMessage) {
+	p.mu.Lock()
+	start, err := p.w.Add(rec.Offset, rec.Key, time.Now())
+	p.mu.Unlock()
+	if err != nil {
+		// sarama hands a partition's records out in offset order; this
+		// would be a bug, and the record is consumed again after a restart.
+		p.s.cfg.Logger.Error("kafka record out of order; not handled", "topic", rec.Topic, "partition", rec.Partition, "err", err)
+		return
+	}
+	p.records[rec.Offset] = rec
+	if start {
+		p.ready = append(p.ready, rec)
+	}
+}
+
+// message builds the message that hands rec out, with its origin in the
+// context. The context is cancelled when the record finishes.
+func (p *partition) message(rec *sarama.ConsumerMessage) (*message.Message, context.CancelFunc) {
+	msg, err := p.s.cfg.Unmarshaler.Unmarshal(rec)
+	if err != nil || msg == nil {
+		p.s.cfg.Logger.Error("kafka record could not be unmarshaled; handing on its raw value",
+			"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		msg = message.NewMessage(record.ID(rec.Topic, rec.Partition, rec.Offset), rec.Value)
+	}
+	ctx := record.WithOrigin(p.ctx, record.Origin{
+		Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key, Timestamp: rec.Timestamp,
+	})
+	ctx, cancel := context.WithCancel(ctx)
+	msg.SetContext(ctx)
+	return msg, cancel
+}
+
+// watch waits for the message's ack or nack and reports it to run.
+func (p *partition) watch(msg *message.Message, cancel context.CancelFunc, rec *sarama.ConsumerMessage) {
+	r := result{rec: rec}
+	select {
+	case <-msg.Acked():
+		r.acked = true
+	case <-msg.Nacked():
+	case <-p.s.ctx.Done():
+		// Closed with the record in flight: its ack would not count.
+		cancel()
+		p.s.inFlight.Add(-1)
+		<-p.s.slots
+		return
+	}
+	cancel()
+	select {
+	case p.results <- r:
+	case <-p.done:
+		// The partition was let go: the next owner handles the record
+		// again.
+		p.s.inFlight.Add(-1)
+		<-p.s.slots
+	}
+}
+
+// release gives back a slot run held.
+func (p *partition) release() { <-p.s.slots }
+
+// result finishes an acked record, or schedules a nacked one again.
+func (p *partition) result(r result) {
+	p.handedOut--
+	p.s.inFlight.Add(-1)
+	p.release()
+	if !r.acked {
+		p.delayed++
+		rec := r.rec
+		time.AfterFunc(p.s.cfg.NackDelay, func() {
+			select {
+			case p.requeue <- rec:
+			case <-p.done:
+			}
+		})
+		return
+	}
+	p.mu.Lock()
+	next, commit, err := p.w.Finish(r.rec.Offset, r.rec.Key)
+	p.mu.Unlock()
+	if err != nil {
+		p.s.cfg.Logger.Error("kafka record finished twice", "topic", r.rec.Topic, "partition", r.rec.Partition, "err", err)
+		return
+	}
+	delete(p.records, r.rec.Offset)
+	if next >= 0 {
+		p.ready = append(p.ready, p.records[next])
+	}
+	p.sess.MarkOffset(r.rec.Topic, r.rec.Partition, commit, "")
+}
+
+// revoke lets the partition go: it hands nothing more out, waits (at most
+// RevokeTimeout, and not at all once the subscriber closes) for the
+// records in flight, marks what they finished, and drops the rest.
+func (p *partition) revoke() {
+	p.ready = nil
+	if p.handedOut == 0 {
+		return
+	}
+	timer := time.NewTimer(p.s.cfg.RevokeTimeout)
+	defer timer.Stop()
+	for p.handedOut > 0 {
+		select {
+		case r := <-p.results:
+			if r.acked {
+				p.result(r)
+				continue
+			}
+			p.handedOut--
+			p.s.inFlight.Add(-1)
+			p.release()
+		case <-p.requeue:
+			p.delayed--
+		case <-timer.C:
+			p.s.cfg.Logger.Warn("partition revoked with records in flight; the next owner handles them again",
+				"topic", p.claim.Topic(), "partition", p.claim.Partition(), "in_flight", p.handedOut)
+			return
+		case <-p.s.ctx.Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,35 @@
+package record
+
+import (
+	"context"
+	"time"
+)
+
+// Origin says where a consumed message was read from, as the broker gave
+// it.
+type Origin struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	// Key is the record's Kafka key; nil when it has none.
+	Key []byte
+	// Timestamp is the record's Kafka timestamp.
+	Timestamp time.Time
+}
+
+// ID returns the origin's identity (see ID).
+func (o Origin) ID() string { return ID(o.Topic, o.Partition, o.Offset) }
+
+type originContextKey struct{}
+
+// WithOrigin returns a context that says where a consumed message was read
+// from. The subscriber sets it on every message it hands out.
+func WithOrigin(ctx context.Context, o Origin) context.Context {
+	return context.WithValue(ctx, originContextKey{}, o)
+}
+
+// OriginFrom returns the origin WithOrigin put in ctx.
+func OriginFrom(ctx context.Context) (Origin, bool) {
+	o, ok := ctx.Value(originContextKey{}).(Origin)
+	return o, ok
+}
