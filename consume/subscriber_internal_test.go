@@ -65,13 +65,13 @@ func (c *fakeClaim) Messages() <-chan *sarama.ConsumerMessage { return c.msgs }
 
 // harness runs one partition of a subscriber on fakes.
 type harness struct {
-	t       *testing.T
-	s       *Subscriber
-	sess    *fakeSession
-	claim   *fakeClaim
-	out     chan *message.Message
-	cancel  context.CancelFunc
-	done    chan struct{}
+	t      *testing.T
+	s      *Subscriber
+	sess   *fakeSession
+	claim  *fakeClaim
+	out    chan *message.Message
+	cancel context.CancelFunc
+	done   chan struct{}
 	// offset is the next record's offset.
 	offset int64
 }
@@ -199,7 +199,7 @@ func TestSubscriberOrdering(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-					h := newHarness(t, Config{Ordering: tt.ordering})
+			h := newHarness(t, Config{Ordering: tt.ordering})
 			h.add(tt.keys...)
 			var msgs []*message.Message
 			for range tt.first {
