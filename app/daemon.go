@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strconv"
@@ -83,6 +84,9 @@ type Daemon struct {
 	// opsToken is the bearer token the ops server requires; read in New,
 	// so that a missing one fails `config check` as it fails `run`.
 	opsToken string
+	// notifier is the notifier New built, closed when Run ends; nil when
+	// Options gave one.
+	notifier handlers.Notifier
 }
 
 // New checks cfg against the handler registry and builds a daemon. It
@@ -103,12 +107,13 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 		errs = append(errs, splitJoined(err)...)
 	}
 	deps := handlers.Deps{Notifier: opts.Notifier, Now: opts.Now}
+	var built handlers.Notifier
 	if deps.Notifier == nil {
 		n, err := newNotifier(cfg.Notifier, getenv, logger)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		deps.Notifier = n
+		deps.Notifier, built = n, n
 	}
 	var token string
 	if cfg.Ops.Enabled {
@@ -146,7 +151,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	return &Daemon{
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
 		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
-		running: make(chan struct{}), subs: subs, opsToken: token,
+		running: make(chan struct{}), subs: subs, opsToken: token, notifier: built,
 	}, nil
 }
 
@@ -172,7 +177,7 @@ func newNotifier(cfg config.Notifier, getenv func(string) string, logger *slog.L
 	}
 	n, err := notify.NewSMTP(notify.SMTPConfig{
 		Host: s.Host, Port: s.Port, TLS: s.TLS, Username: s.Username, Password: password,
-		From: s.From, Timeout: s.Timeout,
+		From: s.From, Timeout: s.Timeout, MaxConnections: s.MaxConnections,
 	}, templates, logger.With("component", "notifier"))
 	if err != nil {
 		return nil, &config.KeyError{Key: "notifier.smtp", Msg: err.Error()}
@@ -221,6 +226,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 	}
 
+	if c, ok := d.notifier.(io.Closer); ok {
+		// Closed when Run returns, once the router is closed.
+		defer func() {
+			if err := c.Close(); err != nil {
+				d.logger.Error("close notifier", "err", err)
+			}
+		}()
+	}
 	l, err := ledger.Open(d.cfg.Ledger.Path)
 	if err != nil {
 		return err

@@ -165,6 +165,10 @@ type SMTP struct {
 	From string `yaml:"from"`
 	// Timeout bounds one delivery.
 	Timeout time.Duration `yaml:"timeout"`
+	// MaxConnections bounds the connections open to the server at once.
+	// Each delivers one email at a time and is kept open for the next, so
+	// that an email does not pay for a new connection, TLS and login.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // Ledger configures the side-effect ledger.
@@ -275,7 +279,7 @@ func Defaults() Config {
 			OutageInterval:    time.Second,
 			OutageMaxInterval: 30 * time.Second,
 		},
-		Notifier: Notifier{Kind: "log", SMTP: SMTP{Port: 587, TLS: "starttls", Timeout: 30 * time.Second}},
+		Notifier: Notifier{Kind: "log", SMTP: SMTP{Port: 587, TLS: "starttls", Timeout: 30 * time.Second, MaxConnections: 8}},
 		Ledger:   Ledger{Path: "data/ledger.db"},
 		Log:      Log{Format: "text", Level: "info"},
 		Ops:      Ops{Listen: "127.0.0.1:9464"},
@@ -659,6 +663,9 @@ func (s SMTP) problems(key string) []error {
 	}
 	if s.Timeout <= 0 {
 		add("timeout", "must be positive, got %s", s.Timeout)
+	}
+	if s.MaxConnections < 1 || s.MaxConnections > 1024 {
+		add("max_connections", "must be between 1 and 1024, got %d", s.MaxConnections)
 	}
 	return errs
 }

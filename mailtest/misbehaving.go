@@ -32,6 +32,9 @@ type Behaviour struct {
 	// StallQuit never answers QUIT: the client waits until its timeout, or
 	// the server is closed.
 	StallQuit bool
+	// AcceptDelay, if set, says how long to wait before accepting a
+	// message for the recipient, such as to make some users slow.
+	AcceptDelay func(rcpt string) time.Duration
 }
 
 // Accepted is a message a Misbehaving server answered 250 to.
@@ -51,6 +54,7 @@ type Misbehaving struct {
 	mu       sync.Mutex
 	accepted []Accepted
 	conns    int
+	open     map[net.Conn]struct{}
 	verbs    []string
 	wg       sync.WaitGroup
 	closed   chan struct{}
@@ -64,7 +68,7 @@ func StartMisbehaving(t testing.TB, b Behaviour) *Misbehaving {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Misbehaving{ln: ln, beh: b, closed: make(chan struct{})}
+	s := &Misbehaving{ln: ln, beh: b, closed: make(chan struct{}), open: map[net.Conn]struct{}{}}
 	s.wg.Add(1)
 	go s.serve()
 	t.Cleanup(s.Close)
@@ -77,7 +81,8 @@ func (s *Misbehaving) Host() string { return "127.0.0.1" }
 // Port returns the SMTP port.
 func (s *Misbehaving) Port() int { return s.ln.Addr().(*net.TCPAddr).Port }
 
-// Close stops the server and waits for its connections to end.
+// Close stops the server, closes the connections it still has, as a
+// server that goes away does, and waits for them to end.
 func (s *Misbehaving) Close() {
 	select {
 	case <-s.closed:
@@ -85,6 +90,11 @@ func (s *Misbehaving) Close() {
 		close(s.closed)
 	}
 	_ = s.ln.Close()
+	s.mu.Lock()
+	for c := range s.open {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
 	s.wg.Wait()
 }
 
@@ -118,11 +128,17 @@ func (s *Misbehaving) serve() {
 		}
 		s.mu.Lock()
 		s.conns++
+		s.open[c] = struct{}{}
 		s.mu.Unlock()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer c.Close()
+			defer func() {
+				s.mu.Lock()
+				delete(s.open, c)
+				s.mu.Unlock()
+				c.Close()
+			}()
 			_ = c.SetDeadline(time.Now().Add(time.Minute))
 			s.session(textproto.NewConn(c))
 		}()
@@ -181,6 +197,13 @@ func (s *Misbehaving) session(tc *textproto.Conn) {
 			}
 			if s.beh.DropBeforeReply {
 				return
+			}
+			if s.beh.AcceptDelay != nil {
+				select {
+				case <-time.After(s.beh.AcceptDelay(rcpt)): // the misbehaviour under test
+				case <-s.closed:
+					return
+				}
 			}
 			dataReply := or(s.beh.DataReply, "250 accepted")
 			accepted := strings.HasPrefix(dataReply, "250")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -193,5 +194,85 @@ func TestSMTPReturnsOnAcceptance(t *testing.T) {
 			t.Errorf("commands = %v; want no NOOP or RSET round trip", server.Commands())
 			break
 		}
+	}
+}
+
+// TestSMTPKeepsConnectionsOpen sends emails one after the other over the
+// pool: a well-behaved server sees one connection for all of them; a server
+// that drops each connection right after accepting gets each email exactly
+// once, each on a new connection, since the closed connection is noticed at
+// MAIL FROM before anything of the next email was sent. Close says goodbye
+// on the idle connection.
+func TestSMTPKeepsConnectionsOpen(t *testing.T) {
+	tests := []struct {
+		name      string
+		beh       mailtest.Behaviour
+		wantConns int
+	}{
+		{"well behaved", mailtest.Behaviour{}, 1},
+		{"drops the connection after accepting", mailtest.Behaviour{DropAfterAccept: true}, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			server := mailtest.StartMisbehaving(t, tt.beh)
+			var logs bytes.Buffer
+			s := newSMTP(t, server.Port(), 10*time.Second, &logs)
+			const emails = 5
+			for i := range emails {
+				user := strconv.Itoa(i)
+				if err := s.Send(context.Background(), notify.Message{Template: "welcome", UserID: events.NewUserID(user), Email: recipient, Key: "welcome/" + user}); err != nil {
+					t.Fatalf("Send %d = %v; want nil", i, err)
+				}
+			}
+			if got := len(server.Accepted()); got != emails {
+				t.Errorf("got %d emails accepted; want %d", got, emails)
+			}
+			if got := server.Connections(); got != tt.wantConns {
+				t.Errorf("got %d connections; want %d", got, tt.wantConns)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close = %v", err)
+			}
+			if cmds := server.Commands(); tt.wantConns == 1 && cmds[len(cmds)-1] != "QUIT" {
+				t.Errorf("got commands ending %v; want QUIT after Close", cmds[len(cmds)-1:])
+			}
+		})
+	}
+}
+
+// TestSMTPBoundsConnections sends from many goroutines at once: no more
+// connections are open than MaxConnections.
+func TestSMTPBoundsConnections(t *testing.T) {
+	server := mailtest.StartMisbehaving(t, mailtest.Behaviour{Delay: 5 * time.Millisecond})
+	templates, err := notify.LoadTemplates("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := notify.NewSMTP(notify.SMTPConfig{
+		Host: "127.0.0.1", Port: server.Port(), TLS: "none", From: "eventrouter <welcome@example.com>",
+		Timeout: 10 * time.Second, MaxConnections: 3,
+	}, templates, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const emails = 30
+	errs := make(chan error, emails)
+	for i := range emails {
+		go func() {
+			user := strconv.Itoa(i)
+			errs <- s.Send(context.Background(), notify.Message{Template: "welcome", UserID: events.NewUserID(user), Email: recipient, Key: "welcome/" + user})
+		}()
+	}
+	for range emails {
+		if err := <-errs; err != nil {
+			t.Fatalf("Send = %v", err)
+		}
+	}
+	if got := len(server.Accepted()); got != emails {
+		t.Errorf("got %d emails accepted; want %d", got, emails)
+	}
+	if got := server.Connections(); got > 3 {
+		t.Errorf("got %d connections; want at most 3", got)
 	}
 }
