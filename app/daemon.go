@@ -73,8 +73,8 @@ type Daemon struct {
 	metrics  *metrics
 	running  chan struct{}
 	stopping atomic.Bool
-	// subs are the routes' subscribers, by route name; fixed in New, as
-	// readiness and the stop read them.
+	// subs are the routes' subscribers, by route name; made in Run before
+	// the ops server starts, as readiness and the stop read them.
 	subs    map[string]*consume.Subscriber
 	opsAddr atomic.Pointer[string]
 	probe   sarama.Client
@@ -139,19 +139,10 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := newMetrics(prom)
 	deps.Notifier = countingNotifier{Notifier: deps.Notifier, sent: m.notifications}
-	subs := map[string]*consume.Subscriber{}
-	for _, r := range cfg.Routes {
-		sub, err := newSubscriber(cfg.Kafka, cfg.Brokers(), r, logger)
-		if err != nil {
-			return nil, err
-		}
-		subs[r.Name] = sub
-	}
-	prom.MustRegister(newConsumerCollector(subs))
 	return &Daemon{
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
 		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
-		running: make(chan struct{}), subs: subs, opsToken: token, notifier: built,
+		running: make(chan struct{}), opsToken: token, notifier: built,
 	}, nil
 }
 
@@ -275,9 +266,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	// Before the ops server, whose readiness check reads them.
 	d.breakers = make(map[string]*retry.Breaker, len(d.cfg.Routes))
+	d.subs = make(map[string]*consume.Subscriber, len(d.cfg.Routes))
 	for _, r := range d.cfg.Routes {
 		d.breakers[r.Name] = d.newBreaker(r)
+		sub, err := newSubscriber(d.cfg.Kafka, brokers, r, d.logger)
+		if err != nil {
+			return err
+		}
+		d.subs[r.Name] = sub
 	}
+	d.prom.MustRegister(newConsumerCollector(d.subs))
 	if d.cfg.Ops.Enabled {
 		stopOps, err := d.startOps(brokers)
 		if err != nil {

@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
@@ -29,6 +32,11 @@ func TestValidEventYieldsOneNotificationSent(t *testing.T) {
 		if len(got) != 2 {
 			t.Fatalf("got %d notification-sent records; want 2", len(got))
 		}
+		// The two users are handled at once, so their announcements may
+		// come in either order: take them in the order of their events.
+		slices.SortFunc(got, func(a, b *sarama.ConsumerMessage) int {
+			return strings.Compare(sourceOf(t, a), sourceOf(t, b))
+		})
 		wantUserIDs := []string{`123`, `"abc"`}
 		for i, rec := range got {
 			var ev map[string]json.RawMessage
@@ -66,6 +74,20 @@ func TestValidEventYieldsOneNotificationSent(t *testing.T) {
 			t.Errorf("notifier called %d times; want 2", calls)
 		}
 	})
+}
+
+// sourceOf returns a notification-sent record's source_event_id, with its
+// offset padded so that identities sort in offset order.
+func sourceOf(t *testing.T, rec *sarama.ConsumerMessage) string {
+	t.Helper()
+	var ev struct {
+		SourceEventID string `json:"source_event_id"`
+	}
+	if err := json.Unmarshal(rec.Value, &ev); err != nil {
+		t.Fatalf("notification-sent %s: %v", rec.Value, err)
+	}
+	p, o := sourceOffset(t, ev.SourceEventID)
+	return fmt.Sprintf("%010d/%020d", p, o)
 }
 
 // countingRegistry wraps the notification handler to count its calls.
@@ -111,6 +133,15 @@ func TestBadInputIsPoisonedWithoutRetries(t *testing.T) {
 		if len(poisoned) != len(bad) {
 			t.Fatalf("got %d poison records; want %d", len(poisoned), len(bad))
 		}
+		// Records with different keys are handled at once and may be
+		// poisoned in any order: take them in the order they came.
+		slices.SortFunc(poisoned, func(a, b *sarama.ConsumerMessage) int {
+			x, _ := kafkatest.Header(a, app.PoisonedOffsetKey)
+			y, _ := kafkatest.Header(b, app.PoisonedOffsetKey)
+			i, _ := strconv.Atoi(x)
+			j, _ := strconv.Atoi(y)
+			return i - j
+		})
 		for i, rec := range poisoned {
 			b := bad[i]
 			reason, _ := kafkatest.Header(rec, middleware.ReasonForPoisonedKey)
@@ -243,7 +274,11 @@ func TestStopFinishesInFlightMessages(t *testing.T) {
 			return nil
 		}}
 		d := startDaemon(t, cfg, app.Options{Notifier: first})
-		kafkatest.Produce(t, k.Brokers, r.in, event(1, "slow@example.com"), event(2, "next@example.com"))
+		// One Kafka key, so that the second waits for the first, as it
+		// would in partition mode.
+		slow, next := event(1, "slow@example.com"), event(2, "next@example.com")
+		next.Key = slow.Key
+		kafkatest.Produce(t, k.Brokers, r.in, slow, next)
 		select {
 		case <-entered:
 		case <-time.After(consumeTimeout):
@@ -272,6 +307,7 @@ func TestStopFinishesInFlightMessages(t *testing.T) {
 		for _, m := range second.Sent() {
 			emails = append(emails, m.Email)
 		}
+		slices.Sort(emails)
 		if strings.Join(emails, ",") != "next@example.com,third@example.com" {
 			t.Errorf("after the restart the notifier sent to %v; want [next@example.com third@example.com]: the in-flight event was committed", emails)
 		}

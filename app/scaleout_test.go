@@ -251,10 +251,12 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 		waitFor(t, 2*time.Minute, "three processes in a stable group", func() bool {
 			return kafkatest.GroupStable(k.Brokers, r.group, r.in, len(procs))
 		})
-		produceEvents(t, k.Brokers, r.in, 0, events)
-
-		waitFor(t, 3*time.Minute, "a third of the events", func() bool { return count(t, k.Brokers, r.out) >= events/3 })
+		// Half the events first, the kill once a third are handled, the
+		// rest after it: the kill lands mid-stream however fast the group
+		// handles them.
 		victim := procs[0]
+		produceEvents(t, k.Brokers, r.in, 0, events/2)
+		waitFor(t, 3*time.Minute, "a third of the events", func() bool { return count(t, k.Brokers, r.out) >= events/3 })
 		victim.signal(syscall.SIGKILL)
 		victim.done <- <-victim.done
 		// Nobody else commits the victim's partitions before the broker
@@ -275,6 +277,7 @@ func TestScaleOutSurvivesSIGKILL(t *testing.T) {
 			}
 		}
 		t.Logf("SIGKILL pid %d after %d of %d events; %d handled but uncommitted", victim.cmd.Process.Pid, atKill, events, uncommitted)
+		produceEvents(t, k.Brokers, r.in, events/2, events)
 
 		waitForDistinct(t, k.Brokers, r.out, events, 5*time.Minute)
 		for _, p := range procs[1:] {

@@ -44,6 +44,10 @@ type bench struct {
 	libs     string // Kafka's jars, for its perf tools; empty on the embedded broker
 	cleanups []func()
 	values   [][]byte
+	// Mailpit, started once for the real-SMTP rows.
+	mailOnce sync.Once
+	mailPort int
+	mailErr  error
 }
 
 func newBench(ctx context.Context, o options, logger *slog.Logger) (*bench, error) {
@@ -238,6 +242,7 @@ func (b *bench) runAll(ctx context.Context) (Results, error) {
 		{"router, no-op handler", func(ctx context.Context) (float64, error) { return b.consumeRouterNoop(ctx, in) }, ""},
 		{"bare sarama consumer group", func(ctx context.Context) (float64, error) { return b.consumeSarama(ctx, in) }, ""},
 		{"kafka ConsumerPerformance", func(ctx context.Context) (float64, error) { return b.consumeKafkaTool(ctx, in) }, ""},
+		{"bare sarama pipe (consume, async produce, mark)", func(ctx context.Context) (float64, error) { return b.saramaPipe(ctx, in) }, ""},
 	}
 	syncN := max(b.o.messages/5, 1)
 	publish := []side{
@@ -281,11 +286,20 @@ func (b *bench) runAll(ctx context.Context) (Results, error) {
 	if res.Consume, err = measure(consume); err != nil {
 		return res, err
 	}
+	// The router's end-to-end work against the bare pipe that does the
+	// same with the client alone; the no-op router against the bare group.
+	if pipe := res.Consume[4].MsgsPerSec; pipe > 0 {
+		res.Consume[0].Baseline, res.Consume[0].VsBaseline = "sarama pipe", res.Consume[0].MsgsPerSec/pipe
+	}
+	res.Consume[1].Baseline, res.Consume[1].VsBaseline = "sarama group", res.Consume[1].VsSarama
 	if res.Publish, err = measure(publish); err != nil {
 		return res, err
 	}
 	if res.Latency, err = b.latency(ctx); err != nil {
 		return res, fmt.Errorf("latency: %w", err)
+	}
+	if err := b.ioRows(ctx, &res); err != nil {
+		return res, err
 	}
 	if b.o.cpuProfile != "" {
 		if err := b.profile(ctx, in); err != nil {
@@ -511,23 +525,35 @@ func (s *span) count() int64 {
 	return s.n
 }
 
-// startDaemon runs a daemon in this process with the given registry and
-// notifier kind, until the returned func stops it.
-func (b *bench) startDaemon(ctx context.Context, in, out, handler string, registry map[string]handlers.Spec) (func() error, error) {
+// startDaemon runs a daemon in this process as run says, with the given
+// registry (nil for the real one), until the returned func stops it.
+func (b *bench) startDaemon(ctx context.Context, in, out string, run daemonRun, registry map[string]handlers.Spec) (func() error, error) {
 	cfg := config.Defaults()
 	cfg.Kafka.Brokers = b.brokers
 	cfg.Notifier.Kind = "none"
+	if run.smtp != nil {
+		cfg.Notifier.Kind, cfg.Notifier.SMTP = "smtp", *run.smtp
+	}
 	cfg.Ledger.Path = filepath.Join(b.tmp, fmt.Sprintf("ledger-%d.db", time.Now().UnixNano()))
-	cfg.Routes = []config.Route{{
-		Name: "bench", Handler: handler, SubscribeTopic: in, PublishTopic: out,
-		ConsumerGroup: fmt.Sprintf("bench-%d", time.Now().UnixNano()), PoisonTopic: in + ".poison",
-		Retry: cfg.Retry,
-	}}
+	r := config.DefaultRoute(cfg.Retry)
+	r.Name, r.Handler, r.SubscribeTopic, r.PublishTopic = "bench", run.handler, in, out
+	r.ConsumerGroup, r.PoisonTopic = fmt.Sprintf("bench-%d", time.Now().UnixNano()), in+".poison"
+	if run.ordering != "" {
+		r.Ordering = run.ordering
+	}
+	if run.maxInFlight > 0 {
+		r.MaxInFlight = run.maxInFlight
+	}
+	cfg.Routes = []config.Route{r}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	logger := slog.New(msglog.Handler{Handler: slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})})
-	d, err := app.New(cfg, logger, app.Options{Registry: registry})
+	opts := app.Options{Registry: registry}
+	if run.notifier.d > 0 {
+		opts.Notifier = run.notifier
+	}
+	d, err := app.New(cfg, logger, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -550,7 +576,7 @@ func (b *bench) consumeRouterNoop(ctx context.Context, in string) (float64, erro
 	registry := map[string]handlers.Spec{"noop": {New: func(handlers.Deps) message.HandlerFunc {
 		return func(*message.Message) ([]*message.Message, error) { s.hit(); return nil, nil }
 	}}}
-	stop, err := b.startDaemon(ctx, in, "", "noop", registry)
+	stop, err := b.startDaemon(ctx, in, "", daemonRun{handler: "noop"}, registry)
 	if err != nil {
 		return 0, err
 	}
@@ -741,7 +767,7 @@ func (b *bench) latency(ctx context.Context) (Latency, error) {
 	if err != nil {
 		return Latency{}, err
 	}
-	stop, err := b.startDaemon(ctx, in, out, "notification", nil)
+	stop, err := b.startDaemon(ctx, in, out, daemonRun{handler: "notification"}, nil)
 	if err != nil {
 		return Latency{}, err
 	}
@@ -859,7 +885,7 @@ func (b *bench) profile(ctx context.Context, in string) error {
 		return err
 	}
 	defer f.Close()
-	stop, err := b.startDaemon(ctx, in, out, "notification", nil)
+	stop, err := b.startDaemon(ctx, in, out, daemonRun{handler: "notification"}, nil)
 	if err != nil {
 		return err
 	}

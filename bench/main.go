@@ -48,7 +48,7 @@ func run() int {
 	flag.IntVar(&o.size, "size", 200, "message size in bytes")
 	flag.IntVar(&o.partitions, "partitions", 6, "partitions of every benchmark topic")
 	flag.IntVar(&o.repeats, "repeats", 3, "runs per measurement; the median is reported")
-	flag.IntVar(&o.rate, "rate", 1000, "offered rate of the latency run, messages per second; keep it below the router's throughput, or the run measures a growing queue")
+	flag.IntVar(&o.rate, "rate", 5000, "offered rate of the latency run, messages per second; keep it below the router's throughput, or the run measures a growing queue")
 	flag.DurationVar(&o.latencyFor, "latency-duration", 10*time.Second, "length of the latency run")
 	flag.StringVar(&o.out, "out", "bench", "directory for results.json and results.png")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of an in-process end-to-end router run to this file")
@@ -113,6 +113,27 @@ type Row struct {
 	VsKafkaTool float64 `json:"vs_kafka_tool"`
 	// Note explains a row that did not run or ran differently.
 	Note string `json:"note,omitempty"`
+	// Baseline names the row this one is best compared with, and
+	// VsBaseline is MsgsPerSec over that row's.
+	Baseline   string  `json:"baseline,omitempty"`
+	VsBaseline float64 `json:"vs_baseline,omitempty"`
+}
+
+// IOBound is the notification route with slow I/O, in key and partition
+// mode.
+type IOBound struct {
+	// Users is how many new users the 20 ms notifier rows handle.
+	Users int `json:"users"`
+	// LatencyMs is what the benchmark notifier takes per send.
+	LatencyMs float64 `json:"latency_ms"`
+	// MaxInFlight is the route's bound, and BoundPerSec what it allows:
+	// MaxInFlight / latency.
+	MaxInFlight int     `json:"max_in_flight"`
+	BoundPerSec float64 `json:"bound_per_sec"`
+	Rows        []Row   `json:"rows"`
+	// Emails is how many welcome emails the SMTP rows send into Mailpit.
+	Emails int   `json:"emails"`
+	SMTP   []Row `json:"smtp"`
 }
 
 // Latency is produce-to-handled latency at a fixed offered rate.
@@ -136,6 +157,7 @@ type Results struct {
 	Consume    []Row   `json:"consume"`
 	Publish    []Row   `json:"publish"`
 	Latency    Latency `json:"latency"`
+	IOBound    IOBound `json:"io_bound"`
 	// PeakRSSMiB is the daemon's peak resident memory during its consume
 	// run (VmHWM).
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
