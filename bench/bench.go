@@ -902,7 +902,27 @@ func (b *bench) profile(ctx context.Context, in string) error {
 	if stopErr := stop(); err == nil {
 		err = stopErr
 	}
+	if err != nil {
+		return err
+	}
 	b.logger.Info("wrote CPU profile", "file", b.o.cpuProfile)
+
+	// The no-op router, whose cost is the router, its middleware and the
+	// subscriber alone.
+	noop := strings.TrimSuffix(b.o.cpuProfile, ".pprof") + ".noop.pprof"
+	g, err := os.Create(noop)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	if err := pprof.StartCPUProfile(g); err != nil {
+		return err
+	}
+	_, err = b.consumeRouterNoop(ctx, in)
+	pprof.StopCPUProfile()
+	if err == nil {
+		b.logger.Info("wrote CPU profile", "file", noop)
+	}
 	return err
 }
 
