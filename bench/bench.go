@@ -374,8 +374,9 @@ routes:
 	if err := waitUntil(ctx, 10*time.Minute, func() bool { return records(client, out) >= int64(b.o.messages) }); err != nil {
 		return 0, fmt.Errorf("waiting for %d notification-sent: %w", b.o.messages, err)
 	}
-	if rss := peakRSSMiB(cmd.Process.Pid); rss > res.PeakRSSMiB {
+	if rss := statusMiB(cmd.Process.Pid, "VmHWM:"); rss > res.PeakRSSMiB {
 		res.PeakRSSMiB = rss
+		res.FileRSSMiB = statusMiB(cmd.Process.Pid, "RssFile:")
 	}
 	first, last, err := timeSpan(client, out)
 	if err != nil {
@@ -460,14 +461,15 @@ func timeSpan(client sarama.Client, topic string) (first, last time.Time, err er
 	return first, last, nil
 }
 
-// peakRSSMiB reads a process's peak resident set size.
-func peakRSSMiB(pid int) float64 {
+// statusMiB reads one of a process's memory figures (such as VmHWM:, its
+// peak resident set, or RssFile:, its resident file pages) in MiB.
+func statusMiB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range splitLines(string(b)) {
-		if strings.HasPrefix(line, "VmHWM:") {
+		if strings.HasPrefix(line, field) {
 			f := strings.Fields(line)
 			if kb, err := strconv.ParseFloat(f[1], 64); err == nil {
 				return kb / 1024

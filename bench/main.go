@@ -161,6 +161,9 @@ type Results struct {
 	// PeakRSSMiB is the daemon's peak resident memory during its consume
 	// run (VmHWM).
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// FileRSSMiB is how much of its resident memory was file pages (the
+	// ledger's memory-mapped file) at the end of that run.
+	FileRSSMiB float64 `json:"file_rss_mib"`
 }
 
 func median(xs []float64) float64 {

@@ -55,7 +55,7 @@ func printTable(w io.Writer, r Results) {
 	l := r.Latency
 	fmt.Fprintf(w, "latency, produce to handled, %d msgs/s offered, %d messages: p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
 		l.RatePerSec, l.Messages, l.P50Ms, l.P99Ms, l.P999Ms)
-	fmt.Fprintf(w, "daemon peak RSS during its consume run: %.1f MiB\n", r.PeakRSSMiB)
+	fmt.Fprintf(w, "daemon peak RSS during its consume run: %.1f MiB (of which file pages, the ledger's mapped file, at the end: %.1f MiB)\n", r.PeakRSSMiB, r.FileRSSMiB)
 }
 
 func writeJSON(path string, r Results) error {
