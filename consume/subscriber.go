@@ -29,7 +29,7 @@ type Config struct {
 	Brokers []string
 	// ConsumerGroup is the group every subscription joins.
 	ConsumerGroup string
-	// Sarama is the client configuration; each subscription gets a copy.
+	// Sarama is the client configuration, shared by every subscription.
 	Sarama *sarama.Config
 	// Unmarshaler turns records into messages. It should never fail: a
 	// record it refuses is handed on with its raw value, its identity as
@@ -124,6 +124,9 @@ type Subscriber struct {
 
 	mu         sync.Mutex
 	partitions map[*partition]struct{}
+	// orphans counts, per partition, records still running that a revoked
+	// claim gave up on.
+	orphans map[topicPartition]int
 }
 
 // NewSubscriber checks cfg and returns a subscriber. It connects when it
@@ -141,6 +144,7 @@ func NewSubscriber(cfg Config) (*Subscriber, error) {
 		cancel:     cancel,
 		stop:       make(chan struct{}),
 		partitions: map[*partition]struct{}{},
+		orphans:    map[topicPartition]int{},
 	}, nil
 }
 
@@ -293,6 +297,26 @@ func (s *Subscriber) Partitions() []PartitionStats {
 	return stats
 }
 
+func (s *Subscriber) orphansOf(tp topicPartition) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.orphans[tp]
+}
+
+func (s *Subscriber) addOrphans(tp topicPartition, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.orphans[tp] += n
+}
+
+func (s *Subscriber) orphanDone(tp topicPartition) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.orphans[tp]--; s.orphans[tp] <= 0 {
+		delete(s.orphans, tp)
+	}
+}
+
 // groupHandler is the sarama side of one subscription.
 type groupHandler struct {
 	s   *Subscriber
@@ -318,6 +342,7 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 		s: h.s, sess: sess, claim: claim, out: h.out, ctx: h.ctx,
 		w:       NewWindow(h.s.cfg.Ordering, 0),
 		records: map[int64]*sarama.ConsumerMessage{},
+		running: map[int64]context.CancelFunc{},
 		results: make(chan result),
 		requeue: make(chan *sarama.ConsumerMessage),
 		done:    make(chan struct{}),
@@ -350,21 +375,33 @@ type partition struct {
 	records map[int64]*sarama.ConsumerMessage
 	// ready holds records that may start and wait for a slot.
 	ready []*sarama.ConsumerMessage
-	// handedOut counts records handed out whose result is due.
-	handedOut int
-	// delayed counts nacked records waiting to be handed out again.
-	delayed int
+	// running holds the records handed out whose result is due, with the
+	// cancel func of their message's context.
+	running map[int64]context.CancelFunc
 
 	results chan result
 	requeue chan *sarama.ConsumerMessage
 	// done is closed when run returns: results and requeues after it are
 	// dropped.
 	done chan struct{}
+	// orphaned says, once done is closed, that run gave up on records
+	// still running (a revoke that timed out); they count in the
+	// subscriber's orphans until they finish.
+	orphaned bool
 }
 
 type result struct {
 	rec   *sarama.ConsumerMessage
 	acked bool
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+func (p *partition) tp() topicPartition {
+	return topicPartition{p.claim.Topic(), p.claim.Partition()}
 }
 
 func (p *partition) stats() PartitionStats {
@@ -377,25 +414,54 @@ func (p *partition) stats() PartitionStats {
 	return st
 }
 
+// acquired counts a record whose slot was just taken as in flight: from
+// here, so that Wait never sees zero while one is on its
+// way to the router.
+func (p *partition) acquired() { p.s.inFlight.Add(1) }
+
+// release gives back a slot taken for a record.
+func (p *partition) release() {
+	p.s.inFlight.Add(-1)
+	<-p.s.slots
+}
+
 // run takes records, hands them out as the ordering allows, and marks
 // offsets as results come, until the partition is revoked or the
 // subscription ends.
 func (p *partition) run() {
 	defer close(p.done)
+	if !p.waitOrphans() {
+		return
+	}
 	stop := p.s.stop
 	stopped := false
 	// pending is ready[0] as a message, once it holds a slot.
 	var pending *message.Message
 	var pendingCancel context.CancelFunc
-	defer func() {
+	drop := func() {
 		if pending != nil {
 			pendingCancel()
 			p.release()
+			pending, pendingCancel = nil, nil
 		}
-	}()
+	}
+	defer drop()
 	for {
+		// A stop wins over everything else that is ready, so that nothing
+		// is handed out once a loop has seen it (select picks at random).
+		if !stopped {
+			select {
+			case <-stop:
+				stopped, stop = true, nil
+				drop()
+			default:
+			}
+		}
+		// Once stopped, records are read and dropped: they are not taken,
+		// so they are consumed again from the committed offset, and the
+		// claim's end (its Messages closing) is still seen.
 		var in <-chan *sarama.ConsumerMessage
-		if !stopped && p.window() < p.s.cfg.MaxWindow {
+		if stopped || p.window() < p.s.cfg.MaxWindow {
 			in = p.claim.Messages()
 		}
 		var acquire chan<- struct{}
@@ -410,39 +476,63 @@ func (p *partition) run() {
 		select {
 		case rec, ok := <-in:
 			if !ok {
+				drop()
 				p.revoke()
 				return
 			}
-			p.take(rec)
+			if !stopped {
+				p.take(rec)
+			}
 		case acquire <- struct{}{}:
+			p.acquired()
 			pending, pendingCancel = p.message(p.ready[0])
 		case send <- pending:
 			rec := p.ready[0]
 			p.ready = p.ready[1:]
-			p.handedOut++
-			p.s.inFlight.Add(1)
+			p.running[rec.Offset] = pendingCancel
 			go p.watch(pending, pendingCancel, rec)
 			pending, pendingCancel = nil, nil
 		case r := <-p.results:
 			p.result(r)
 		case rec := <-p.requeue:
-			p.delayed--
 			p.ready = append(p.ready, rec)
 		case <-stop:
-			stopped, stop = true, nil
-			if pending != nil {
-				pendingCancel()
-				p.release()
-				pending, pendingCancel = nil, nil
-			}
+			// Seen at the top of the next loop.
 		case <-p.sess.Context().Done():
+			drop()
 			p.revoke()
 			return
 		case <-p.ctx.Done():
+			drop()
 			p.revoke()
 			return
 		}
 	}
+}
+
+// waitOrphans waits, at most RevokeTimeout, until no record of this
+// partition that an earlier claim gave up on is still running, so that a
+// partition claimed again never has the same record, or two of one key, in
+// flight at once. It reports false when the claim ended meanwhile.
+func (p *partition) waitOrphans() bool {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(p.s.cfg.RevokeTimeout)
+	for n := p.s.orphansOf(p.tp()); n > 0; n = p.s.orphansOf(p.tp()) {
+		if time.Now().After(deadline) {
+			p.s.cfg.Logger.Warn("partition claimed again with records of its last claim still running; going on",
+				"topic", p.claim.Topic(), "partition", p.claim.Partition(), "running", n)
+			return true
+		}
+		select {
+		case <-tick.C:
+		case <-p.sess.Context().Done():
+			return false
+		case <-p.ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 func (p *partition) window() int {
@@ -457,9 +547,9 @@ func (p *partition) take(rec *sarama.ConsumerMessage) {
 	start, err := p.w.Add(rec.Offset, rec.Key, time.Now())
 	p.mu.Unlock()
 	if err != nil {
-		// sarama hands a partition's records out in offset order; this
-		// would be a bug, and the record is consumed again after a restart.
-		p.s.cfg.Logger.Error("kafka record out of order; not handled", "topic", rec.Topic, "partition", rec.Partition, "err", err)
+		// An offset at or below one already taken: sarama hands a claim's
+		// records out in offset order, so this one was taken before.
+		p.s.cfg.Logger.Warn("kafka record taken twice; ignored", "topic", rec.Topic, "partition", rec.Partition, "err", err)
 		return
 	}
 	p.records[rec.Offset] = rec
@@ -493,11 +583,16 @@ func (p *partition) watch(msg *message.Message, cancel context.CancelFunc, rec *
 		r.acked = true
 	case <-msg.Nacked():
 	case <-p.s.ctx.Done():
-		// Closed with the record in flight: its ack would not count.
-		cancel()
-		p.s.inFlight.Add(-1)
-		<-p.s.slots
-		return
+		// Closed with the record in flight: an ack that came already still
+		// counts, if run is there to mark it.
+		select {
+		case <-msg.Acked():
+			r.acked = true
+		default:
+			cancel()
+			p.release()
+			return
+		}
 	}
 	cancel()
 	select {
@@ -505,21 +600,18 @@ func (p *partition) watch(msg *message.Message, cancel context.CancelFunc, rec *
 	case <-p.done:
 		// The partition was let go: the next owner handles the record
 		// again.
-		p.s.inFlight.Add(-1)
-		<-p.s.slots
+		p.release()
+		if p.orphaned {
+			p.s.orphanDone(p.tp())
+		}
 	}
 }
 
-// release gives back a slot run held.
-func (p *partition) release() { <-p.s.slots }
-
 // result finishes an acked record, or schedules a nacked one again.
 func (p *partition) result(r result) {
-	p.handedOut--
-	p.s.inFlight.Add(-1)
+	delete(p.running, r.rec.Offset)
 	p.release()
 	if !r.acked {
-		p.delayed++
 		rec := r.rec
 		time.AfterFunc(p.s.cfg.NackDelay, func() {
 			select {
@@ -545,32 +637,56 @@ func (p *partition) result(r result) {
 
 // revoke lets the partition go: it hands nothing more out, waits (at most
 // RevokeTimeout, and not at all once the subscriber closes) for the
-// records in flight, marks what they finished, and drops the rest.
+// records in flight, marks what they finished, and drops the rest. Records
+// still running when it gives up have their contexts cancelled, and a new
+// claim of the partition on this member waits for them (waitOrphans).
 func (p *partition) revoke() {
 	p.ready = nil
-	if p.handedOut == 0 {
+	if len(p.running) == 0 {
 		return
 	}
 	timer := time.NewTimer(p.s.cfg.RevokeTimeout)
 	defer timer.Stop()
-	for p.handedOut > 0 {
+	for len(p.running) > 0 {
 		select {
 		case r := <-p.results:
 			if r.acked {
 				p.result(r)
 				continue
 			}
-			p.handedOut--
-			p.s.inFlight.Add(-1)
+			delete(p.running, r.rec.Offset)
 			p.release()
 		case <-p.requeue:
-			p.delayed--
 		case <-timer.C:
-			p.s.cfg.Logger.Warn("partition revoked with records in flight; the next owner handles them again",
-				"topic", p.claim.Topic(), "partition", p.claim.Partition(), "in_flight", p.handedOut)
+			p.s.cfg.Logger.Warn("partition revoked with records in flight; cancelling them, and the next owner handles them again",
+				"topic", p.claim.Topic(), "partition", p.claim.Partition(), "in_flight", len(p.running))
+			p.giveUp()
 			return
 		case <-p.s.ctx.Done():
-			return
+			// Mark the acks that already came; the rest are given up.
+			for {
+				select {
+				case r := <-p.results:
+					if r.acked {
+						p.result(r)
+					} else {
+						delete(p.running, r.rec.Offset)
+						p.release()
+					}
+				default:
+					return
+				}
+			}
 		}
+	}
+}
+
+// giveUp cancels the records still running and counts them as orphans of
+// the partition until they finish.
+func (p *partition) giveUp() {
+	p.s.addOrphans(p.tp(), len(p.running))
+	p.orphaned = true
+	for _, cancel := range p.running {
+		cancel()
 	}
 }

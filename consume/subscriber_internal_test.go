@@ -84,19 +84,9 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{
-		t: t, s: s, sess: &fakeSession{ctx: ctx},
-		claim: &fakeClaim{msgs: make(chan *sarama.ConsumerMessage, 1024)},
-		out:   make(chan *message.Message), cancel: cancel, done: make(chan struct{}),
-	}
-	gh := &groupHandler{s: s, ctx: context.Background(), out: h.out}
-	go func() {
-		defer close(h.done)
-		_ = gh.ConsumeClaim(h.sess, h.claim)
-	}()
+	h := &harness{t: t, s: s, out: make(chan *message.Message)}
 	t.Cleanup(func() {
-		cancel()
+		h.cancel()
 		s.cancel()
 		select {
 		case <-h.done:
@@ -104,7 +94,24 @@ func newHarness(t *testing.T, cfg Config) *harness {
 			t.Error("partition did not stop")
 		}
 	})
+	h.claimPartition()
 	return h
+}
+
+// claimPartition starts a new claim of the partition on the harness's
+// subscriber, from offset 0, as after a rebalance; the last claim must
+// have ended.
+func (h *harness) claimPartition() {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.sess, h.cancel, h.offset = &fakeSession{ctx: ctx}, cancel, 0
+	h.claim = &fakeClaim{msgs: make(chan *sarama.ConsumerMessage, 1024)}
+	h.done = make(chan struct{})
+	gh := &groupHandler{s: h.s, ctx: context.Background(), out: h.out}
+	sess, claim, done := h.sess, h.claim, h.done
+	go func() {
+		defer close(done)
+		_ = gh.ConsumeClaim(sess, claim)
+	}()
 }
 
 // add offers records with the given keys ("" for none), at the next
@@ -363,5 +370,75 @@ func TestMessageContextEndsWithTheRecord(t *testing.T) {
 	case <-m.Context().Done():
 	case <-time.After(waitTimeout):
 		t.Fatal("message context not cancelled after the ack")
+	}
+}
+
+func TestClaimAfterStopHandsOutNothing(t *testing.T) {
+	h := newHarness(t, Config{Ordering: Unordered})
+	close(h.claim.msgs)
+	<-h.done
+	h.s.Stop()
+	// A rebalance after the stop: the new claim must not hand out either.
+	for range 20 {
+		h.claimPartition()
+		h.add("a", "b", "c")
+		h.none()
+		close(h.claim.msgs)
+		<-h.done
+	}
+	waitInFlight(t, h.s, 0)
+}
+
+func TestRevokeThatTimesOutCancelsAndTheNextClaimWaits(t *testing.T) {
+	h := newHarness(t, Config{Ordering: ByKey, RevokeTimeout: 300 * time.Millisecond})
+	h.add("a")
+	old := h.next()
+	close(h.claim.msgs)
+	select {
+	case <-h.done:
+	case <-time.After(waitTimeout):
+		t.Fatal("revoked partition did not give up after its timeout")
+	}
+	select {
+	case <-old.Context().Done():
+	default:
+		t.Fatal("the record given up on still has a live context")
+	}
+	// Claimed again (sticky assignment) while the old record still runs:
+	// the same record must not run twice at once.
+	h.claimPartition()
+	h.add("a")
+	h.none()
+	old.Ack()
+	if got := offset(h.next()); got != 0 {
+		t.Fatalf("got offset %d; want 0 again, once the old one finished", got)
+	}
+}
+
+// A stop that races the ack freeing the next record of a key: once Wait
+// returned, nothing is handed out; a record already on its way counts as
+// in flight, so Wait waits for it.
+func TestNothingHandedOutAfterWait(t *testing.T) {
+	for range 50 {
+		h := newHarness(t, Config{Ordering: ByKey})
+		h.add("a", "a")
+		m := h.next()
+		go m.Ack()
+		h.s.Stop()
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			err := h.s.Wait(ctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			// Counted as in flight: it must be on its way.
+			h.next().Ack()
+		}
+		select {
+		case m := <-h.out:
+			t.Fatalf("got offset %d handed out after Wait returned", offset(m))
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }

@@ -53,7 +53,8 @@ type SMTP struct {
 	templates *Templates
 	logger    *slog.Logger
 
-	// slots holds a token per connection in use or idle.
+	// slots holds a token per email being sent, each on a connection of
+	// its own: it bounds the connections open at once.
 	slots chan struct{}
 	// idle holds connections kept for the next email, most recent last.
 	mu     sync.Mutex
@@ -207,7 +208,7 @@ func (s *SMTP) dial(ctx context.Context, email string) (*conn, error) {
 func (s *SMTP) take() (*conn, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.idle) > 0 {
+	for !s.closed && len(s.idle) > 0 {
 		c := s.idle[len(s.idle)-1]
 		s.idle = s.idle[:len(s.idle)-1]
 		if time.Since(c.used) < idleTimeout {
@@ -265,14 +266,16 @@ func (s *SMTP) Close() error {
 }
 
 // stale reports whether err says that a connection kept open was closed
-// before the email's MAIL FROM got any answer: nothing of the email was
+// before the email's MAIL FROM was accepted: nothing of the email was
 // sent.
 func stale(err error) bool {
 	var se *gomail.SendError
 	if !errors.As(err, &se) {
 		return false
 	}
-	return se.Reason == gomail.ErrConnCheck || se.Reason == gomail.ErrSMTPMailFrom && se.ErrorCode() == 0
+	// Many servers answer the first command on a connection they timed
+	// out with 421 before they close it.
+	return se.Reason == gomail.ErrConnCheck || se.Reason == gomail.ErrSMTPMailFrom && (se.ErrorCode() == 0 || se.ErrorCode() == 421)
 }
 
 // redacted is an error whose text has the recipient's address taken out;
