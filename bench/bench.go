@@ -568,7 +568,32 @@ func (b *bench) startDaemon(ctx context.Context, in, out string, run daemonRun, 
 		cancel()
 		return nil, err
 	}
-	return func() error { cancel(); return <-done }, nil
+	stop := func() error { cancel(); return <-done }
+	// Running means subscribed; the group's first join (Kafka holds it
+	// for group.initial.rebalance.delay.ms) would count as the first
+	// records' latency.
+	if err := b.waitStable(ctx, r.ConsumerGroup); err != nil {
+		_ = stop()
+		return nil, err
+	}
+	return stop, nil
+}
+
+// waitStable waits until group is stable with a member.
+func (b *bench) waitStable(ctx context.Context, group string) error {
+	admin, err := sarama.NewClusterAdmin(b.brokers, b.saramaConfig())
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	err = waitUntil(ctx, time.Minute, func() bool {
+		groups, err := admin.DescribeConsumerGroups([]string{group})
+		return err == nil && len(groups) == 1 && groups[0].State == "Stable" && len(groups[0].Members) > 0
+	})
+	if err != nil {
+		return fmt.Errorf("consumer group %s did not settle: %w", group, err)
+	}
+	return nil
 }
 
 // consumeRouterNoop measures the router, its middleware and watermill-kafka
