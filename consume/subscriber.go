@@ -231,8 +231,8 @@ func (s *Subscriber) SubscribeInitialize(topic string) error {
 func (s *Subscriber) Stop() { s.stopOnce.Do(func() { close(s.stop) }) }
 
 // Wait waits until no record is handed out and unfinished, or ctx is done.
-// After Stop, that is when every record this member took is finished or
-// given up with its partition.
+// After Stop, that is when every record this member handed out finished,
+// including those a revoke gave up on while their handlers still ran.
 func (s *Subscriber) Wait(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
@@ -393,6 +393,8 @@ type partition struct {
 type result struct {
 	rec   *sarama.ConsumerMessage
 	acked bool
+	// closed says that the subscriber closed before the record finished.
+	closed bool
 }
 
 type topicPartition struct {
@@ -457,11 +459,11 @@ func (p *partition) run() {
 			default:
 			}
 		}
-		// Once stopped, records are read and dropped: they are not taken,
-		// so they are consumed again from the committed offset, and the
-		// claim's end (its Messages closing) is still seen.
+		// Neither once stopped nor with a full window: the session's end
+		// is seen through its context. (A cooperative rebalance that
+		// revokes one partition would be seen once the window drains.)
 		var in <-chan *sarama.ConsumerMessage
-		if stopped || p.window() < p.s.cfg.MaxWindow {
+		if !stopped && p.window() < p.s.cfg.MaxWindow {
 			in = p.claim.Messages()
 		}
 		var acquire chan<- struct{}
@@ -480,9 +482,7 @@ func (p *partition) run() {
 				p.revoke()
 				return
 			}
-			if !stopped {
-				p.take(rec)
-			}
+			p.take(rec)
 		case acquire <- struct{}{}:
 			p.acquired()
 			pending, pendingCancel = p.message(p.ready[0])
@@ -584,14 +584,12 @@ func (p *partition) watch(msg *message.Message, cancel context.CancelFunc, rec *
 	case <-msg.Nacked():
 	case <-p.s.ctx.Done():
 		// Closed with the record in flight: an ack that came already still
-		// counts, if run is there to mark it.
+		// counts; run marks it before it lets the partition go.
 		select {
 		case <-msg.Acked():
 			r.acked = true
 		default:
-			cancel()
-			p.release()
-			return
+			r.closed = true
 		}
 	}
 	cancel()
@@ -611,6 +609,9 @@ func (p *partition) watch(msg *message.Message, cancel context.CancelFunc, rec *
 func (p *partition) result(r result) {
 	delete(p.running, r.rec.Offset)
 	p.release()
+	if r.closed {
+		return
+	}
 	if !r.acked {
 		rec := r.rec
 		time.AfterFunc(p.s.cfg.NackDelay, func() {
@@ -663,20 +664,18 @@ func (p *partition) revoke() {
 			p.giveUp()
 			return
 		case <-p.s.ctx.Done():
-			// Mark the acks that already came; the rest are given up.
-			for {
-				select {
-				case r := <-p.results:
-					if r.acked {
-						p.result(r)
-					} else {
-						delete(p.running, r.rec.Offset)
-						p.release()
-					}
-				default:
-					return
+			// Every record still running reports at once (acked, or
+			// closed): mark the acks that came, give up the rest.
+			for len(p.running) > 0 {
+				r := <-p.results
+				if r.acked {
+					p.result(r)
+					continue
 				}
+				delete(p.running, r.rec.Offset)
+				p.release()
 			}
+			return
 		}
 	}
 }

@@ -106,7 +106,8 @@ func (h *harness) claimPartition() {
 	h.sess, h.cancel, h.offset = &fakeSession{ctx: ctx}, cancel, 0
 	h.claim = &fakeClaim{msgs: make(chan *sarama.ConsumerMessage, 1024)}
 	h.done = make(chan struct{})
-	gh := &groupHandler{s: h.s, ctx: context.Background(), out: h.out}
+	// The subscription's context ends with the subscriber, as Subscribe's.
+	gh := &groupHandler{s: h.s, ctx: h.s.ctx, out: h.out}
 	sess, claim, done := h.sess, h.claim, h.done
 	go func() {
 		defer close(done)
@@ -375,7 +376,7 @@ func TestMessageContextEndsWithTheRecord(t *testing.T) {
 
 func TestClaimAfterStopHandsOutNothing(t *testing.T) {
 	h := newHarness(t, Config{Ordering: Unordered})
-	close(h.claim.msgs)
+	h.cancel()
 	<-h.done
 	h.s.Stop()
 	// A rebalance after the stop: the new claim must not hand out either.
@@ -383,7 +384,7 @@ func TestClaimAfterStopHandsOutNothing(t *testing.T) {
 		h.claimPartition()
 		h.add("a", "b", "c")
 		h.none()
-		close(h.claim.msgs)
+		h.cancel()
 		<-h.done
 	}
 	waitInFlight(t, h.s, 0)
@@ -439,6 +440,32 @@ func TestNothingHandedOutAfterWait(t *testing.T) {
 		case m := <-h.out:
 			t.Fatalf("got offset %d handed out after Wait returned", offset(m))
 		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// An ack that came before Close is marked, although Close cancels
+// everything still in flight.
+func TestAckBeforeCloseIsMarked(t *testing.T) {
+	for range 20 {
+		h := newHarness(t, Config{Ordering: Unordered})
+		h.add("a", "b")
+		m0, m1 := h.next(), h.next()
+		first := map[int64]*message.Message{offset(m0): m0, offset(m1): m1}[0]
+		first.Ack()
+		if err := h.s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-h.done:
+		case <-time.After(waitTimeout):
+			t.Fatal("partition did not stop at Close")
+		}
+		if got := h.sess.committed(); got != 1 {
+			t.Fatalf("got offset %d committed; want 1: offset 0 was acked before Close", got)
+		}
+		if n := len(h.s.slots); n != 0 {
+			t.Fatalf("got %d slots held after Close; want 0", n)
 		}
 	}
 }
