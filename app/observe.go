@@ -87,8 +87,8 @@ type attemptsKey struct{}
 
 // messageScope is the outermost middleware of a route. It gives a record
 // from a plain producer a correlation ID, puts the message's identity on
-// every log line about it, names the record it came from (record.Source),
-// and continues the producer's trace with a consume span.
+// every log line about it, and continues the producer's trace with a
+// consume span.
 func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
@@ -118,7 +118,6 @@ func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware
 					attribute.String("eventrouter.route", r.Name),
 				))
 			defer span.End()
-			ctx = record.WithSource(ctx, record.ID(r.SubscribeTopic, partition, offset))
 			ctx = context.WithValue(ctx, attemptsKey{}, new(atomic.Int64))
 			msg.SetContext(ctx)
 

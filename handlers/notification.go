@@ -129,8 +129,8 @@ func (h Notification) Handle(msg *message.Message) ([]*message.Message, error) {
 // partition and offset when the router knows them. A producer's UUID header
 // is only the fallback: producers can reuse one.
 func source(msg *message.Message) string {
-	if id, ok := record.Source(msg.Context()); ok {
-		return id
+	if o, ok := record.OriginFrom(msg.Context()); ok {
+		return o.ID()
 	}
 	return msg.UUID
 }

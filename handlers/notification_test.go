@@ -247,9 +247,9 @@ func TestRepeatedRegistrationAnnouncesTheAddressUsed(t *testing.T) {
 func TestProducerUUIDDoesNotDecideIdentity(t *testing.T) {
 	h := handlers.Notification{Notifier: &fakeNotifier{}, Ledger: openLedger(t), Now: time.Now}
 	a := message.NewMessage("same", []byte(`{"user_id": 1, "email": "a@example.com"}`))
-	a.SetContext(record.WithSource(context.Background(), "user-registered/0/10"))
+	a.SetContext(record.WithOrigin(context.Background(), record.Origin{Topic: "user-registered", Offset: 10}))
 	b := message.NewMessage("same", []byte(`{"user_id": 2, "email": "b@example.com"}`))
-	b.SetContext(record.WithSource(context.Background(), "user-registered/0/11"))
+	b.SetContext(record.WithOrigin(context.Background(), record.Origin{Topic: "user-registered", Offset: 11}))
 	outA, errA := h.Handle(a)
 	outB, errB := h.Handle(b)
 	if errA != nil || errB != nil {

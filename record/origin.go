@@ -6,7 +6,8 @@ import (
 )
 
 // Origin says where a consumed message was read from, as the broker gave
-// it.
+// it. Unlike a producer's message UUID header, it is trustworthy and
+// unique: ID names the record.
 type Origin struct {
 	Topic     string
 	Partition int32
