@@ -2,6 +2,7 @@ package consume
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -157,27 +158,33 @@ func offset(m *message.Message) int64 {
 	return o.Offset
 }
 
+// eventually polls cond until it holds, failing the test with what() once
+// waitTimeout has passed.
+func eventually(t *testing.T, cond func() bool, what func() string) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(waitTimeout)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal(what())
+		}
+	}
+}
+
 // waitCommitted waits until the partition marked want.
 func (h *harness) waitCommitted(want int64) {
 	h.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for h.sess.committed() != want {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("got committed offset %d; want %d", h.sess.committed(), want)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(h.t, func() bool { return h.sess.committed() == want },
+		func() string { return fmt.Sprintf("got committed offset %d; want %d", h.sess.committed(), want) })
 }
 
 func waitInFlight(t *testing.T, s *Subscriber, want int64) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for s.InFlight() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("got %d in flight; want %d", s.InFlight(), want)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, func() bool { return s.InFlight() == want },
+		func() string { return fmt.Sprintf("got %d in flight; want %d", s.InFlight(), want) })
 }
 
 func TestKeyOrderingHandsOutOtherKeysAtOnce(t *testing.T) {
@@ -288,13 +295,8 @@ func TestMaxWindowStopsFetching(t *testing.T) {
 	h.none()
 	// Offsets 0 to 2 fill the window: the cold key behind them is not
 	// taken until the hot key's first record finishes.
-	deadline := time.Now().Add(waitTimeout)
-	for len(h.claim.msgs) != 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("got %d records left in the claim; want 2", len(h.claim.msgs))
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, func() bool { return len(h.claim.msgs) == 2 },
+		func() string { return fmt.Sprintf("got %d records left in the claim; want 2", len(h.claim.msgs)) })
 	if st := h.s.Partitions(); len(st) != 1 || st[0].Window != 3 || st[0].Oldest.IsZero() {
 		t.Fatalf("got partitions %+v; want one with a window of 3 and an oldest record", st)
 	}

@@ -124,7 +124,7 @@ func TestStressKeyOrder(t *testing.T) {
 				h.running[lane]--
 				h.mu.Unlock()
 			}()
-			time.Sleep(latency()) // the handler's work, not synchronisation
+			<-time.After(latency()) // the handler's work
 			switch {
 			case chance(20):
 				panic("stress panic")
@@ -148,19 +148,13 @@ func TestStressKeyOrder(t *testing.T) {
 			<-runDone
 		}()
 
-		deadline := time.Now().Add(3 * time.Minute)
-		for {
+		doneCount := func() int {
 			h.mu.Lock()
-			n := len(h.done)
-			h.mu.Unlock()
-			if n == records {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("got %d of %d records handled", n, records)
-			}
-			time.Sleep(10 * time.Millisecond)
+			defer h.mu.Unlock()
+			return len(h.done)
 		}
+		poll(t, 3*time.Minute, func() bool { return doneCount() == records },
+			func() string { return fmt.Sprintf("got %d of %d records handled", doneCount(), records) })
 		// Every offset is committed once the last acks are marked.
 		waitCommitted(t, k.Brokers, group, topic)
 		sub.Stop()
@@ -219,9 +213,8 @@ func waitCommitted(t *testing.T, brokers []string, group, topic string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		behind := 0
+	behind := func() int {
+		n := 0
 		offsets, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: partitions})
 		if err != nil {
 			t.Fatal(err)
@@ -232,15 +225,27 @@ func waitCommitted(t *testing.T, brokers []string, group, topic string) {
 				t.Fatal(err)
 			}
 			if b := offsets.GetBlock(topic, p); b == nil || b.Offset != end {
-				behind++
+				n++
 			}
 		}
-		if behind == 0 {
-			return
+		return n
+	}
+	poll(t, 30*time.Second, func() bool { return behind() == 0 },
+		func() string { return fmt.Sprintf("%d partitions not committed to their end", behind()) })
+}
+
+// poll checks cond every 20ms until it holds, failing the test with what()
+// once timeout has passed.
+func poll(t *testing.T, timeout time.Duration, cond func() bool, what func() string) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(timeout)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal(what())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d partitions not committed to their end", behind)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
