@@ -35,6 +35,10 @@ type Behaviour struct {
 	// AcceptDelay, if set, says how long to wait before accepting a
 	// message for the recipient, such as to make some users slow.
 	AcceptDelay func(rcpt string) time.Duration
+	// ReuseReply, if set, answers a second MAIL FROM on one connection
+	// and then closes it, as servers that timed out an idle connection
+	// answer "421 idle timeout".
+	ReuseReply string
 }
 
 // Accepted is a message a Misbehaving server answered 250 to.
@@ -167,6 +171,7 @@ func (s *Misbehaving) session(tc *textproto.Conn) {
 		return
 	}
 	var rcpt string
+	mails := 0
 	for {
 		line, err := tc.ReadLine()
 		if err != nil {
@@ -183,6 +188,10 @@ func (s *Misbehaving) session(tc *textproto.Conn) {
 			err = s.reply(tc, "250 ok")
 		case "MAIL":
 			rcpt = ""
+			if mails++; mails > 1 && s.beh.ReuseReply != "" {
+				_ = s.reply(tc, s.beh.ReuseReply)
+				return
+			}
 			err = s.reply(tc, "250 ok")
 		case "RCPT":
 			rcpt = strings.Trim(line[strings.IndexByte(line, ':')+1:], " <>")

@@ -199,10 +199,11 @@ func TestSMTPReturnsOnAcceptance(t *testing.T) {
 
 // TestSMTPKeepsConnectionsOpen sends emails one after the other over the
 // pool: a well-behaved server sees one connection for all of them; a server
-// that drops each connection right after accepting gets each email exactly
-// once, each on a new connection, since the closed connection is noticed at
-// MAIL FROM before anything of the next email was sent. Close says goodbye
-// on the idle connection.
+// that drops each connection right after accepting, or answers 421 to the
+// next MAIL FROM on it, gets each email exactly once, each on a new
+// connection, since the closed connection is noticed at MAIL FROM before
+// anything of the next email was sent. Close says goodbye on the idle
+// connection.
 func TestSMTPKeepsConnectionsOpen(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -211,6 +212,7 @@ func TestSMTPKeepsConnectionsOpen(t *testing.T) {
 	}{
 		{"well behaved", mailtest.Behaviour{}, 1},
 		{"drops the connection after accepting", mailtest.Behaviour{DropAfterAccept: true}, 5},
+		{"times out kept connections with 421", mailtest.Behaviour{ReuseReply: "421 idle timeout, closing"}, 5},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
