@@ -222,34 +222,53 @@ func (r *recorder) Sent() []notify.Message {
 	return append([]notify.Message(nil), r.sent...)
 }
 
-// count returns how many records topic holds, from its offsets.
+// count returns how many records topic holds, from its offsets. Right
+// after a broker restart its partitions may have no leader yet, so it asks
+// again for up to consumeTimeout while the broker answers with a retriable
+// error.
 func count(t *testing.T, brokers []string, topic string) int64 {
 	t.Helper()
+	deadline := time.Now().Add(consumeTimeout)
+	for {
+		n, err := countOnce(brokers, topic)
+		electing := errors.Is(err, sarama.ErrNotLeaderForPartition) || errors.Is(err, sarama.ErrLeaderNotAvailable) ||
+			errors.Is(err, sarama.ErrOffsetNotAvailable)
+		if !electing || time.Now().After(deadline) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func countOnce(brokers []string, topic string) (int64, error) {
 	client, err := sarama.NewClient(brokers, kafkatest.Config())
 	if err != nil {
-		t.Fatalf("connect to %v: %v", brokers, err)
+		return 0, fmt.Errorf("connect to %v: %w", brokers, err)
 	}
 	defer client.Close()
 	partitions, err := client.Partitions(topic)
 	if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
-		return 0
+		return 0, nil
 	}
 	if err != nil {
-		t.Fatalf("partitions of %s: %v", topic, err)
+		return 0, fmt.Errorf("partitions of %s: %w", topic, err)
 	}
 	var n int64
 	for _, p := range partitions {
 		newest, err := client.GetOffset(topic, p, sarama.OffsetNewest)
 		if err != nil {
-			t.Fatalf("newest offset of %s/%d: %v", topic, p, err)
+			return 0, fmt.Errorf("newest offset of %s/%d: %w", topic, p, err)
 		}
 		oldest, err := client.GetOffset(topic, p, sarama.OffsetOldest)
 		if err != nil {
-			t.Fatalf("oldest offset of %s/%d: %v", topic, p, err)
+			return 0, fmt.Errorf("oldest offset of %s/%d: %w", topic, p, err)
 		}
 		n += newest - oldest
 	}
-	return n
+	return n, nil
 }
 
 // waitFor polls cond every 20ms until it holds or timeout passes.
