@@ -248,9 +248,9 @@ type timedLedger struct {
 	seconds prometheus.Histogram
 }
 
-func (l timedLedger) Record(key string, e ledger.Entry) error {
+func (l timedLedger) Record(ctx context.Context, key string, e ledger.Entry) error {
 	start := time.Now()
-	err := l.Ledger.Record(key, e)
+	err := l.Ledger.Record(ctx, key, e)
 	l.seconds.Observe(time.Since(start).Seconds())
 	return err
 }

@@ -32,12 +32,13 @@ type Notifier interface {
 // repeated event sends none again.
 type Ledger interface {
 	// Claim takes key until release is called, so that no other handler
-	// sends the same notification meanwhile, and returns what was recorded
-	// under key.
+	// (of this process or, with a shared ledger, of any instance) sends the
+	// same notification meanwhile, and returns what was recorded under key.
+	// A ledger it cannot reach is a retry.Unavailable error.
 	Claim(ctx context.Context, key string) (e ledger.Entry, found bool, release func(), err error)
 	// Record stores e under key; when it fails, e still counts as found
 	// for this process.
-	Record(key string, e ledger.Entry) error
+	Record(ctx context.Context, key string, e ledger.Entry) error
 }
 
 // WelcomeTemplate names the notification sent to a new user.
@@ -93,7 +94,7 @@ func (h Notification) Handle(msg *message.Message) ([]*message.Message, error) {
 	case entry.Unsaved:
 		// Sent by an earlier attempt whose ledger write failed: write it
 		// now, and do not send again.
-		if err := h.Ledger.Record(key, entry); err != nil {
+		if err := h.Ledger.Record(ctx, key, entry); err != nil {
 			return nil, fmt.Errorf("welcome notification to user %s was sent but is still not recorded: %w", ev.UserID, err)
 		}
 	case entry.Published:
@@ -175,7 +176,7 @@ func (h Notification) welcome(ctx context.Context, key string, ev events.UserReg
 	}
 	entry := ledger.Entry{EventID: eventID, Channel: h.Notifier.Channel(), Address: ev.Email, SentAt: h.Now().UTC()}
 	if h.Ledger != nil {
-		if err := h.Ledger.Record(key, entry); err != nil {
+		if err := h.Ledger.Record(ctx, key, entry); err != nil {
 			// The ledger keeps the entry in memory: a retry records it and
 			// sends nothing.
 			return ledger.Entry{}, fmt.Errorf("welcome notification to user %s went out but was not recorded: %w", ev.UserID, err)

@@ -91,8 +91,8 @@ type Ledger struct {
 	published map[string]bool
 	// unsaved holds entries whose Record failed, by key.
 	unsaved map[string]Entry
-	// claims holds a semaphore per claimed key.
-	claims map[string]*claim
+	// locks holds the claimed keys.
+	locks keyLocks
 
 	// Group commit (see commit): cmu guards the flush counts, and commits
 	// waits on it for a flush to finish.
@@ -101,11 +101,6 @@ type Ledger struct {
 	started  uint64
 	finished uint64
 	lastErr  error
-}
-
-type claim struct {
-	sem     chan struct{}
-	waiters int
 }
 
 // maxPendingMarks bounds the marks kept in memory before they are written
@@ -144,7 +139,7 @@ func Open(path string) (*Ledger, error) {
 		db.Close()
 		return nil, fmt.Errorf("init ledger %s: %w", path, err)
 	}
-	l := &Ledger{db: db, published: map[string]bool{}, unsaved: map[string]Entry{}, claims: map[string]*claim{}}
+	l := &Ledger{db: db, published: map[string]bool{}, unsaved: map[string]Entry{}}
 	l.commits = sync.NewCond(&l.cmu)
 	return l, nil
 }
@@ -166,33 +161,9 @@ func (l *Ledger) Claim(ctx context.Context, key string) (e Entry, found bool, re
 	if err := checkKey(key); err != nil {
 		return Entry{}, false, nil, err
 	}
-	l.mu.Lock()
-	c, ok := l.claims[key]
-	if !ok {
-		c = &claim{sem: make(chan struct{}, 1)}
-		l.claims[key] = c
-	}
-	c.waiters++
-	l.mu.Unlock()
-	drop := func() {
-		l.mu.Lock()
-		if c.waiters--; c.waiters == 0 {
-			delete(l.claims, key)
-		}
-		l.mu.Unlock()
-	}
-	select {
-	case c.sem <- struct{}{}:
-	case <-ctx.Done():
-		drop()
-		return Entry{}, false, nil, fmt.Errorf("wait for ledger key %s: %w", key, ctx.Err())
-	}
-	var once sync.Once
-	release = func() {
-		once.Do(func() {
-			<-c.sem
-			drop()
-		})
+	release, err = l.locks.lock(ctx, key)
+	if err != nil {
+		return Entry{}, false, nil, err
 	}
 	e, found, err = l.Lookup(key)
 	if err != nil {
@@ -231,9 +202,10 @@ func (l *Ledger) Lookup(key string) (Entry, bool, error) {
 	return e, found, nil
 }
 
-// Record stores e under key. When the write fails, e is kept in memory
+// Record stores e under key. ctx is not used: a side effect that happened
+// is recorded even when its message is being cancelled. When the write fails, e is kept in memory
 // (Unsaved) so that Lookup and Claim still find it, and the error says so.
-func (l *Ledger) Record(key string, e Entry) error {
+func (l *Ledger) Record(_ context.Context, key string, e Entry) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}

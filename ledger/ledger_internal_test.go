@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -16,7 +17,7 @@ func TestUnsavedEntriesAreWrittenLater(t *testing.T) {
 		later func(l *Ledger) error
 	}{
 		{"by the next Record", func(l *Ledger) error {
-			if err := l.Record("welcome/2", Entry{EventID: "t/0/2"}); err != nil {
+			if err := l.Record(context.Background(), "welcome/2", Entry{EventID: "t/0/2"}); err != nil {
 				return err
 			}
 			return l.Close()
@@ -59,7 +60,7 @@ func TestUndecodableEntryDoesNotBlockWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.published["welcome/bad"] = true
-	if err := l.Record("welcome/1", Entry{EventID: "t/0/1"}); err != nil {
+	if err := l.Record(context.Background(), "welcome/1", Entry{EventID: "t/0/1"}); err != nil {
 		t.Errorf("Record with an undecodable entry's mark pending = %v; want nil", err)
 	}
 }
@@ -78,7 +79,7 @@ func TestConcurrentRecordsShareCommits(t *testing.T) {
 	for i := 0; i < n; i++ {
 		go func() {
 			<-start
-			errs <- l.Record(fmt.Sprintf("welcome/%d", i), Entry{EventID: fmt.Sprintf("t/0/%d", i)})
+			errs <- l.Record(context.Background(), fmt.Sprintf("welcome/%d", i), Entry{EventID: fmt.Sprintf("t/0/%d", i)})
 		}()
 	}
 	close(start)

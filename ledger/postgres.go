@@ -1,0 +1,515 @@
+package ledger
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/eventrouter/eventrouter/retry"
+)
+
+// Dependency is the name under which the shared ledger reports an outage
+// and an answer (see retry.Unavailable and retry.Reached): a database that
+// does not answer pauses the route, as a mail server that does not does.
+const Dependency = "postgres"
+
+// SchemaVersion is the version of the tables this code reads and writes.
+const SchemaVersion = 1
+
+// migrations[v] takes the schema from version v to v+1.
+var migrations = []string{
+	// The entry of a sent side effect has sent_at set; until then the row
+	// is a claim: owner holds it until lease_until. takeovers counts the
+	// claims taken from an owner whose lease had run out (it died or lost
+	// the database between claiming and recording): the only way one
+	// side effect can happen twice.
+	`CREATE TABLE eventrouter_ledger (
+		key         text PRIMARY KEY,
+		owner       text,
+		lease_until timestamptz,
+		claimed_at  timestamptz NOT NULL DEFAULT now(),
+		takeovers   integer NOT NULL DEFAULT 0,
+		event_id    text,
+		channel     text,
+		address     text,
+		sent_at     timestamptz,
+		published   boolean NOT NULL DEFAULT false
+	)`,
+}
+
+// migrationLock is the advisory lock that makes instances starting at
+// once migrate one after the other.
+const migrationLock = 0x65764c6564676572
+
+// PostgresConfig configures a shared ledger.
+type PostgresConfig struct {
+	// DSN is the connection string. It holds a password: never log it.
+	DSN string
+	// MaxConns bounds the connection pool.
+	MaxConns int32
+	// StatementTimeout bounds each statement, on the server too.
+	StatementTimeout time.Duration
+	// Lease is how long a claim stays another instance's after its owner
+	// last renewed it. An owner renews its claims every third of it while
+	// it holds them; a claim whose owner died is taken over after at most
+	// Lease.
+	Lease time.Duration
+}
+
+// Postgres is a ledger shared by every instance, in a PostgreSQL table.
+// Claims hold a lease: a claim held by a live owner makes other claimers
+// wait, and one whose owner stopped renewing it is taken over. It is safe
+// for concurrent use.
+type Postgres struct {
+	pool  *pgxpool.Pool
+	cfg   PostgresConfig
+	owner string
+
+	locks keyLocks
+
+	mu sync.Mutex
+	// held counts this process's claims by key, which the renewer keeps
+	// alive until they are recorded or released.
+	held map[string]int
+	// unsaved holds entries whose Record failed; the renewer keeps their
+	// claims and writes them.
+	unsaved map[string]Entry
+	// published holds marks not yet written.
+	published map[string]bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// OpenPostgres connects to the database, creates or migrates the schema,
+// and starts renewing the leases of the claims it will hold.
+func OpenPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
+	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		// pgx's message can quote the DSN, password included.
+		return nil, errors.New("ledger.postgres: the DSN does not parse as a PostgreSQL connection string or URL")
+	}
+	if cfg.MaxConns > 0 {
+		pcfg.MaxConns = cfg.MaxConns
+	}
+	if cfg.StatementTimeout > 0 {
+		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
+	}
+	pcfg.ConnConfig.RuntimeParams["application_name"] = "eventrouter"
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("ledger.postgres: %w", err)
+	}
+	where := pcfg.ConnConfig.Host + ":" + strconv.Itoa(int(pcfg.ConnConfig.Port)) + "/" + pcfg.ConnConfig.Database
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ledger.postgres at %s: %w", where, err)
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 15 * time.Second
+	}
+	p := &Postgres{
+		pool: pool, cfg: cfg, owner: newOwner(),
+		held: map[string]int{}, unsaved: map[string]Entry{}, published: map[string]bool{},
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	go p.renew()
+	return p, nil
+}
+
+// newOwner names this process in the claims it holds: the host and pid
+// for whoever reads the table, and random bytes so that a restarted
+// process with the same pid is another owner.
+func newOwner() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// migrate brings the schema to SchemaVersion in one transaction, under
+// an advisory lock so that instances starting at once take turns.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLock)); err != nil {
+			return fmt.Errorf("lock the schema: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS eventrouter_schema (version integer NOT NULL)"); err != nil {
+			return fmt.Errorf("create eventrouter_schema: %w", err)
+		}
+		v, err := readVersion(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if v > SchemaVersion {
+			return fmt.Errorf("schema version %d is newer than this eventrouter's %d: upgrade eventrouter", v, SchemaVersion)
+		}
+		if v < 0 {
+			if _, err := tx.Exec(ctx, "INSERT INTO eventrouter_schema (version) VALUES (0)"); err != nil {
+				return fmt.Errorf("init eventrouter_schema: %w", err)
+			}
+			v = 0
+		}
+		for ; v < SchemaVersion; v++ {
+			if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+				return fmt.Errorf("migrate the schema to version %d: %w", v+1, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, "UPDATE eventrouter_schema SET version = $1", SchemaVersion); err != nil {
+			return fmt.Errorf("set the schema version: %w", err)
+		}
+		return nil
+	})
+}
+
+// readVersion returns the schema version, or -1 when none is recorded.
+func readVersion(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (int, error) {
+	var v int
+	err := q.QueryRow(ctx, "SELECT version FROM eventrouter_schema").Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return -1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the schema version: %w", err)
+	}
+	return v, nil
+}
+
+// CheckPostgres connects to the database and reports its schema version
+// without changing anything: -1 when the tables do not exist yet. It is
+// for `config check --live`.
+func CheckPostgres(ctx context.Context, dsn string) (version int, err error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return 0, errors.New("the DSN does not parse as a PostgreSQL connection string or URL")
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('eventrouter_schema') IS NOT NULL").Scan(&exists); err != nil {
+		return 0, err
+	}
+	if !exists {
+		return -1, nil
+	}
+	return readVersion(ctx, conn)
+}
+
+// claimSQL claims $1 for owner $2 with a lease of $3 seconds in one
+// statement: it inserts the claim, or takes over a claim whose lease ran
+// out, or renews the owner's own. The first branch of the UNION returns
+// the row when the claim is the caller's; the second returns the row as it
+// is otherwise (recorded, or another live owner's). When a concurrent
+// claim commits between the two, neither branch sees a row, and the
+// caller asks again.
+const claimSQL = `
+WITH claimed AS (
+	INSERT INTO eventrouter_ledger AS l (key, owner, lease_until)
+	VALUES ($1, $2, now() + make_interval(secs => $3))
+	ON CONFLICT (key) DO UPDATE
+		SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
+		    claimed_at = now(),
+		    takeovers = l.takeovers + CASE WHEN l.owner IS DISTINCT FROM EXCLUDED.owner THEN 1 ELSE 0 END
+		WHERE l.sent_at IS NULL AND (l.owner = EXCLUDED.owner OR l.lease_until IS NULL OR l.lease_until < now())
+	RETURNING true, l.event_id, l.channel, l.address, l.sent_at, l.published, extract(epoch FROM l.lease_until - now())::float8
+)
+SELECT * FROM claimed
+UNION ALL
+SELECT false, event_id, channel, address, sent_at, published, extract(epoch FROM lease_until - now())::float8
+	FROM eventrouter_ledger WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)`
+
+// recordSQL stores the entry of a side effect that happened, and ends its
+// claim. An entry already there stays: another owner recorded the same
+// side effect first.
+const recordSQL = `
+INSERT INTO eventrouter_ledger AS l (key, event_id, channel, address, sent_at, published)
+VALUES ($1, $2, $3, $4, $5, false)
+ON CONFLICT (key) DO UPDATE
+	SET event_id = EXCLUDED.event_id, channel = EXCLUDED.channel, address = EXCLUDED.address,
+	    sent_at = EXCLUDED.sent_at, owner = NULL, lease_until = NULL
+	WHERE l.sent_at IS NULL`
+
+// Claim takes key for the caller until release is called, and returns the
+// entry recorded under key, if there is one. A claim held by a handler of
+// this process, or by a live instance, makes Claim wait: until that claim
+// is recorded (Claim then returns the entry), released, or its lease runs
+// out, or ctx is done. An unreachable database is a retry.Unavailable
+// error. A key longer than MaxKeyLen is a *KeyError.
+func (p *Postgres) Claim(ctx context.Context, key string) (e Entry, found bool, release func(), err error) {
+	if err := checkKey(key); err != nil {
+		return Entry{}, false, nil, err
+	}
+	unlock, err := p.locks.lock(ctx, key)
+	if err != nil {
+		return Entry{}, false, nil, err
+	}
+	p.mu.Lock()
+	e, found = p.unsaved[key]
+	p.mu.Unlock()
+	if found {
+		return e, true, unlock, nil
+	}
+	// Another owner's claim is polled: first soon, as most end within an
+	// email's time, then less often.
+	wait := 20 * time.Millisecond
+	for {
+		var (
+			mine      bool
+			eventID   *string
+			channel   *string
+			address   *string
+			sentAt    *time.Time
+			published bool
+			left      *float64
+		)
+		err := p.pool.QueryRow(ctx, claimSQL, key, p.owner, p.cfg.Lease.Seconds()).
+			Scan(&mine, &eventID, &channel, &address, &sentAt, &published, &left)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows) && ctx.Err() == nil:
+			// A concurrent claim committed mid-statement: ask again.
+			continue
+		case err != nil:
+			unlock()
+			return Entry{}, false, nil, p.fail(ctx, "claim "+key, err)
+		}
+		retry.Reached(ctx, Dependency)
+		if sentAt != nil {
+			e := Entry{EventID: deref(eventID), Channel: deref(channel), Address: deref(address),
+				SentAt: sentAt.UTC(), Published: published}
+			if !e.Published {
+				p.mu.Lock()
+				e.Published = p.published[key]
+				p.mu.Unlock()
+			}
+			return e, true, unlock, nil
+		}
+		if mine {
+			p.mu.Lock()
+			p.held[key]++
+			p.mu.Unlock()
+			return Entry{}, false, p.releaser(key, unlock), nil
+		}
+		d := wait
+		if left != nil && *left > 0 && *left < d.Seconds() {
+			// The lease runs out first: take it over then.
+			d = time.Duration(*left*float64(time.Second)) + time.Millisecond
+		}
+		wait = min(2*wait, time.Second)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			unlock()
+			return Entry{}, false, nil, fmt.Errorf("wait for ledger key %s, claimed by another instance: %w", key, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// releaser returns the release of a claim that is the caller's. A claim
+// released without a Record (the side effect failed) is deleted, so that
+// another instance need not wait out its lease; one whose Record failed
+// stays, renewed, until the entry is written.
+func (p *Postgres) releaser(key string, unlock func()) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			defer unlock()
+			p.mu.Lock()
+			wasHeld := p.held[key] > 0
+			if wasHeld {
+				if p.held[key]--; p.held[key] == 0 {
+					delete(p.held, key)
+				}
+			}
+			_, unsaved := p.unsaved[key]
+			p.mu.Unlock()
+			if !wasHeld || unsaved {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+			defer cancel()
+			// Best effort: a claim left behind runs out with its lease.
+			_, _ = p.pool.Exec(ctx, "DELETE FROM eventrouter_ledger WHERE key = $1 AND owner = $2 AND sent_at IS NULL", key, p.owner)
+		})
+	}
+}
+
+// timeout bounds a statement made outside any message's context.
+func (p *Postgres) timeout() time.Duration {
+	if p.cfg.StatementTimeout > 0 {
+		return p.cfg.StatementTimeout
+	}
+	return 5 * time.Second
+}
+
+// fail wraps a database error: the record is never at fault, so every
+// failure other than the caller's own cancellation is an outage that
+// pauses the route and never poisons the record.
+func (p *Postgres) fail(ctx context.Context, what string, err error) error {
+	err = fmt.Errorf("ledger %s: %w", what, err)
+	if ctx.Err() != nil {
+		return err
+	}
+	return retry.Unavailable(Dependency, err)
+}
+
+// Record stores e under key and ends the caller's claim. It runs even when
+// ctx is cancelled: the side effect happened. When the write fails, e is
+// kept in memory (Unsaved), so that a retry in this process finds it and
+// the claim stays this process's; the renewer writes it once the database
+// is back, and the error is retry.Unavailable.
+func (p *Postgres) Record(ctx context.Context, key string, e Entry) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	e.Unsaved = true
+	p.mu.Lock()
+	p.unsaved[key] = e
+	p.mu.Unlock()
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout())
+	defer cancel()
+	if err := p.write(wctx, key, e); err != nil {
+		return p.fail(wctx, "record "+key, err)
+	}
+	retry.Reached(ctx, Dependency)
+	return nil
+}
+
+// write stores an unsaved entry, and forgets it once it is written.
+func (p *Postgres) write(ctx context.Context, key string, e Entry) error {
+	_, err := p.pool.Exec(ctx, recordSQL, key, e.EventID, e.Channel, e.Address, e.SentAt)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	if p.unsaved[key] == e {
+		delete(p.unsaved, key)
+	}
+	delete(p.held, key)
+	p.mu.Unlock()
+	return nil
+}
+
+// MarkPublished notes that the event announcing key's side effect was
+// published. Marks are written together by the renewer, a few times a
+// second, or at Close: a lost mark only makes a redelivery announce the
+// side effect again, under the same identity.
+func (p *Postgres) MarkPublished(key string) error {
+	p.mu.Lock()
+	p.published[key] = true
+	p.mu.Unlock()
+	return nil
+}
+
+// markInterval is how often marks are written.
+const markInterval = 200 * time.Millisecond
+
+// renew keeps the claims this process holds alive, writes the entries
+// whose Record failed, and writes the published marks, until Close.
+func (p *Postgres) renew() {
+	defer close(p.done)
+	marks := time.NewTicker(markInterval)
+	defer marks.Stop()
+	leases := time.NewTicker(p.cfg.Lease / 3)
+	defer leases.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-marks.C:
+			p.flush()
+		case <-leases.C:
+			p.renewLeases()
+		}
+	}
+}
+
+// renewLeases extends every claim this process holds, in one statement.
+func (p *Postgres) renewLeases() {
+	p.mu.Lock()
+	keys := make([]string, 0, len(p.held)+len(p.unsaved))
+	for k := range p.held {
+		keys = append(keys, k)
+	}
+	for k := range p.unsaved {
+		keys = append(keys, k)
+	}
+	p.mu.Unlock()
+	if len(keys) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+	defer cancel()
+	// Best effort: the next tick tries again, well within the lease.
+	_, _ = p.pool.Exec(ctx, `UPDATE eventrouter_ledger SET lease_until = now() + make_interval(secs => $3)
+		WHERE owner = $1 AND sent_at IS NULL AND key = ANY($2)`, p.owner, keys, p.cfg.Lease.Seconds())
+}
+
+// flush writes the unsaved entries, then the published marks; what fails
+// stays for the next flush.
+func (p *Postgres) flush() error {
+	p.mu.Lock()
+	entries := maps.Clone(p.unsaved)
+	keys := slices.Collect(maps.Keys(p.published))
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+	defer cancel()
+	var errs []error
+	for key, e := range entries {
+		if err := p.write(ctx, key, e); err != nil {
+			errs = append(errs, fmt.Errorf("ledger record %s: %w", key, err))
+		}
+	}
+	if len(keys) > 0 {
+		if _, err := p.pool.Exec(ctx, "UPDATE eventrouter_ledger SET published = true WHERE key = ANY($1) AND sent_at IS NOT NULL",
+			keys); err != nil {
+			errs = append(errs, fmt.Errorf("ledger mark published: %w", err))
+		} else {
+			p.mu.Lock()
+			for _, k := range keys {
+				delete(p.published, k)
+			}
+			p.mu.Unlock()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Ping checks that the database answers, within ctx.
+func (p *Postgres) Ping(ctx context.Context) error {
+	return p.pool.Ping(ctx)
+}
+
+// Close writes pending entries and marks, and closes the pool. Claims
+// still held run out with their leases.
+func (p *Postgres) Close() error {
+	close(p.stop)
+	<-p.done
+	err := p.flush()
+	p.pool.Close()
+	return err
+}
