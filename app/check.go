@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/IBM/sarama"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/ledger"
 )
 
 // checkCommand validates a configuration without running it, and with
@@ -48,7 +50,8 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	// where the daemon checks them; New makes no connection. Its checks
 	// do not depend on each other, so they run on a config with problems
 	// too; what they say about a key already reported is left out.
-	if _, err := New(cfg, discardLogger(), Options{Getenv: env.Getenv}); err != nil {
+	d, err := New(cfg, discardLogger(), Options{Getenv: env.Getenv})
+	if err != nil {
 		problems = config.Add(problems, splitJoined(err)...)
 		config.Locate(raw, problems)
 		config.Sort(problems)
@@ -64,14 +67,42 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	if !*live {
 		return ExitOK
 	}
+	ok := true
 	if cfg.Kafka.Embedded.Enabled {
 		fmt.Fprintf(env.Stdout, "kafka: embedded broker on %s; it starts with the daemon, so there is nothing to reach yet\n", cfg.Kafka.Embedded.Listen)
-		return ExitOK
+	} else {
+		ok = liveCheck(ctx, cfg, env.Stdout)
 	}
-	if !liveCheck(ctx, cfg, env.Stdout) {
+	if cfg.Ledger.Kind == "postgres" && d != nil {
+		ok = ledgerCheck(ctx, d.ledgerDSN, env.Stdout) && ok
+	}
+	if !ok {
 		return ExitError
 	}
 	return ExitOK
+}
+
+// ledgerCheck reports whether the shared ledger's database answers and
+// whether its schema is current, changing nothing.
+func ledgerCheck(ctx context.Context, dsn string, out io.Writer) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := ledger.CheckPostgres(ctx, dsn)
+	switch {
+	case err != nil:
+		fmt.Fprintf(out, "ledger postgres: unreachable: %v\n", err)
+		return false
+	case v < 0:
+		fmt.Fprintf(out, "ledger postgres: reachable; no schema yet: the daemon creates it (version %d) at start\n", ledger.SchemaVersion)
+	case v < ledger.SchemaVersion:
+		fmt.Fprintf(out, "ledger postgres: reachable; schema version %d: the daemon migrates it to %d at start\n", v, ledger.SchemaVersion)
+	case v == ledger.SchemaVersion:
+		fmt.Fprintf(out, "ledger postgres: reachable; schema version %d, current\n", v)
+	default:
+		fmt.Fprintf(out, "ledger postgres: reachable; schema version %d is newer than this eventrouter's %d: upgrade eventrouter\n", v, ledger.SchemaVersion)
+		return false
+	}
+	return true
 }
 
 // parseInterspersed parses the flags in args wherever they are, and

@@ -33,6 +33,7 @@ import (
 	"github.com/eventrouter/eventrouter/notify"
 	"github.com/eventrouter/eventrouter/record"
 	"github.com/eventrouter/eventrouter/retry"
+	"github.com/jackc/pgx/v5"
 )
 
 // Headers that eventrouter adds to a poisoned record, beside Watermill's
@@ -87,6 +88,11 @@ type Daemon struct {
 	// notifier is the notifier New built, closed when Run ends; nil when
 	// Options gave one.
 	notifier handlers.Notifier
+	// ledgerDSN is the shared ledger's connection string, read in New; it
+	// holds a password and is never logged.
+	ledgerDSN string
+	// shared is the open shared ledger, for readiness; nil with bbolt.
+	shared atomic.Pointer[ledger.Postgres]
 }
 
 // New checks cfg against the handler registry and builds a daemon. It
@@ -122,6 +128,13 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 			errs = append(errs, err)
 		}
 	}
+	var dsn string
+	if cfg.Ledger.Kind == "postgres" {
+		var err error
+		if dsn, err = readLedgerDSN(cfg.Ledger.Postgres, getenv); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	// The Kafka clients refuse these settings only when they connect.
 	for _, c := range []*sarama.Config{subscriberConfig(cfg.Kafka), publisherConfig(cfg.Kafka)} {
 		if err := c.Validate(); err != nil {
@@ -142,7 +155,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	return &Daemon{
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
 		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
-		running: make(chan struct{}), opsToken: token, notifier: built,
+		running: make(chan struct{}), opsToken: token, notifier: built, ledgerDSN: dsn,
 	}, nil
 }
 
@@ -225,7 +238,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	l, err := ledger.Open(d.cfg.Ledger.Path)
+	l, err := d.openLedger(ctx)
 	if err != nil {
 		return err
 	}
@@ -357,7 +370,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 type routeDeps struct {
 	pub     message.Publisher
 	sub     *consume.Subscriber
-	ledger  *ledger.Ledger
+	ledger  sideLedger
 	handler handlers.Deps
 	wlog    watermill.LoggerAdapter
 	tracer  trace.Tracer
@@ -483,6 +496,46 @@ func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
 		)
 	}
 	return nil
+}
+
+// sideLedger is what the daemon needs of a ledger of either kind.
+type sideLedger interface {
+	handlers.Ledger
+	MarkPublished(key string) error
+	Close() error
+}
+
+// openLedger opens the configured ledger. The shared one must answer now:
+// a daemon that starts without its ledger would only pause every route.
+func (d *Daemon) openLedger(ctx context.Context) (sideLedger, error) {
+	if d.cfg.Ledger.Kind != "postgres" {
+		return ledger.Open(d.cfg.Ledger.Path)
+	}
+	pc := d.cfg.Ledger.Postgres
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	l, err := ledger.OpenPostgres(octx, ledger.PostgresConfig{
+		DSN: d.ledgerDSN, MaxConns: int32(pc.MaxConnections), StatementTimeout: pc.StatementTimeout, Lease: pc.Lease,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.shared.Store(l)
+	d.logger.Info("shared ledger open", "kind", "postgres", "schema_version", ledger.SchemaVersion, "lease", pc.Lease.String())
+	return l, nil
+}
+
+// readLedgerDSN reads the shared ledger's connection string and checks
+// that it parses, without quoting it: it holds a password.
+func readLedgerDSN(pc config.Postgres, getenv func(string) string) (string, error) {
+	dsn, err := readSecret("ledger.postgres.dsn", pc.DSNEnv, pc.DSNFile, getenv)
+	if err != nil {
+		return "", err
+	}
+	if _, err := pgx.ParseConfig(dsn); err != nil {
+		return "", &config.KeyError{Key: "ledger.postgres.dsn", Msg: "does not parse as a PostgreSQL connection string or URL"}
+	}
+	return dsn, nil
 }
 
 // readSecret reads a secret from the environment variable env or the file

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/ledger"
+	"github.com/eventrouter/eventrouter/pgtest"
 )
 
 const opsToken = "s3cret-token"
@@ -330,4 +333,49 @@ func TestConfigCheckLive(t *testing.T) {
 			t.Errorf("config check --live on a dead broker = %d %q; want %d and unreachable", res.code, res.stdout, app.ExitError)
 		}
 	})
+}
+
+// config check --live reports the shared ledger's database: reachable and
+// its schema state, or unreachable; the DSN, which holds the password, is
+// never printed.
+func TestConfigCheckLiveLedger(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	raw := "kafka:\n  embedded:\n    enabled: true\nledger:\n  kind: postgres\n  postgres:\n    dsn_env: LEDGER_DSN\n" +
+		"routes:\n  - handler: notification\n    subscribe_topic: in\n    consumer_group: g\n    publish_topic: out\n"
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dead := "postgres://eventrouter:hunter2@127.0.0.1:1/eventrouter?sslmode=disable&connect_timeout=2"
+	tests := []struct {
+		name string
+		dsn  string
+		code int
+		want string
+	}{
+		{"no schema yet", dsn, app.ExitOK, "ledger postgres: reachable; no schema yet"},
+		{"unreachable", dead, app.ExitError, "ledger postgres: unreachable"},
+		{"not a DSN", "postgres://a b:c", app.ExitUsage, "ledger.postgres.dsn: does not parse"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := runMain(t, "", map[string]string{"LEDGER_DSN": tt.dsn}, "config", "check", "--live", "--config", path)
+			if res.code != tt.code || !strings.Contains(res.stdout, tt.want) {
+				t.Errorf("config check --live = %d %q; want %d and %q", res.code, res.stdout, tt.code, tt.want)
+			}
+			if strings.Contains(res.stdout+res.stderr, "hunter2") || strings.Contains(res.stdout+res.stderr, "eventrouter@") {
+				t.Errorf("config check printed the DSN's password: %q", res.stdout+res.stderr)
+			}
+		})
+	}
+	// Once a daemon started, the schema is current.
+	l, err := ledger.OpenPostgres(context.Background(), ledger.PostgresConfig{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	res := runMain(t, "", map[string]string{"LEDGER_DSN": dsn}, "config", "check", "--live", "--config", path)
+	if want := "schema version 1, current"; res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+		t.Errorf("config check --live = %d %q; want 0 and %q", res.code, res.stdout, want)
+	}
 }

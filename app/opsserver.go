@@ -82,7 +82,8 @@ func (d *Daemon) startOps(brokers []string) (func(), error) {
 }
 
 // ready checks that the router runs and is not stopping, that every route
-// takes part in its consumer group, and that the broker answers.
+// takes part in its consumer group, and that the broker and the shared
+// ledger's database answer.
 func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 	checks := map[string]string{}
 	select {
@@ -107,6 +108,12 @@ func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 		checks["route "+r.Name] = state
 	}
 	checks["kafka"] = d.pingKafka(ctx)
+	if l := d.shared.Load(); l != nil {
+		checks["ledger"] = "ok"
+		if err := l.Ping(ctx); err != nil {
+			checks["ledger"] = "database does not answer: " + err.Error()
+		}
+	}
 	rd := ops.Readiness{Ready: true, Checks: checks}
 	for _, v := range checks {
 		if v != "ok" {

@@ -32,7 +32,7 @@ const kafkaDependency = "kafka"
 // nothing twice.
 //
 // After the publish it marks the ledger entries the events announce.
-func output(r config.Route, pub message.Publisher, l *ledger.Ledger, tracer trace.Tracer, logger *slog.Logger) message.HandlerMiddleware {
+func output(r config.Route, pub message.Publisher, l sideLedger, tracer trace.Tracer, logger *slog.Logger) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)

@@ -34,12 +34,15 @@ type process struct {
 	done chan error
 }
 
-func startProcess(t *testing.T, bin, configPath string, brokers []string) *process {
+// startProcess starts `eventrouter run` on configPath, with env added to
+// its environment.
+func startProcess(t *testing.T, bin, configPath string, brokers []string, env ...string) *process {
 	t.Helper()
 	p := &process{logs: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(bin, "run", "--config", configPath)
 	p.cmd.Env = append(os.Environ(), "EVENTROUTER_KAFKA_BROKERS="+strings.Join(brokers, ","),
 		"EVENTROUTER_TEST_LEDGER="+filepath.Join(t.TempDir(), "ledger.db"))
+	p.cmd.Env = append(p.cmd.Env, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)

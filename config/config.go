@@ -173,8 +173,34 @@ type SMTP struct {
 
 // Ledger configures the side-effect ledger.
 type Ledger struct {
-	// Path is the ledger file (bbolt). Each instance needs its own.
+	// Kind is "bbolt" (a file per instance, for one instance) or
+	// "postgres" (one ledger that every instance shares, for more).
+	Kind string `yaml:"kind"`
+	// Path is the ledger file of kind bbolt. Each instance needs its own.
 	Path string `yaml:"path"`
+	// Postgres configures kind postgres.
+	Postgres Postgres `yaml:"postgres"`
+}
+
+// Postgres configures the shared ledger's database.
+type Postgres struct {
+	// DSNEnv names the environment variable holding the connection string
+	// (a URL or key=value pairs). It holds a password, so it is never in
+	// the file, and never logged.
+	DSNEnv string `yaml:"dsn_env"`
+	// DSNFile is a file holding the connection string (trailing newline
+	// ignored), such as a mounted secret.
+	DSNFile string `yaml:"dsn_file"`
+	// MaxConnections bounds the connections to the database.
+	MaxConnections int `yaml:"max_connections"`
+	// StatementTimeout bounds each statement, on the server too: a
+	// database that stops answering pauses the route instead of holding
+	// its records.
+	StatementTimeout time.Duration `yaml:"statement_timeout"`
+	// Lease is how long a claim stays an instance's after it last renewed
+	// it: an instance that dies between claiming and recording holds its
+	// users for at most this long before another takes them over.
+	Lease time.Duration `yaml:"lease"`
 }
 
 // Log configures logging.
@@ -280,10 +306,11 @@ func Defaults() Config {
 			OutageMaxInterval: 30 * time.Second,
 		},
 		Notifier: Notifier{Kind: "log", SMTP: SMTP{Port: 587, TLS: "starttls", Timeout: 30 * time.Second, MaxConnections: 8}},
-		Ledger:   Ledger{Path: "data/ledger.db"},
-		Log:      Log{Format: "text", Level: "info"},
-		Ops:      Ops{Listen: "127.0.0.1:9464"},
-		Tracing:  Tracing{Exporter: "none", Endpoint: "127.0.0.1:4318", SampleRatio: 1, ServiceName: "eventrouter"},
+		Ledger: Ledger{Kind: "bbolt", Path: "data/ledger.db",
+			Postgres: Postgres{MaxConnections: 16, StatementTimeout: 5 * time.Second, Lease: 15 * time.Second}},
+		Log:     Log{Format: "text", Level: "info"},
+		Ops:     Ops{Listen: "127.0.0.1:9464"},
+		Tracing: Tracing{Exporter: "none", Endpoint: "127.0.0.1:4318", SampleRatio: 1, ServiceName: "eventrouter"},
 	}
 }
 
@@ -487,9 +514,7 @@ func (c Config) problems(inFile func(key string) bool) []error {
 	default:
 		add("notifier.kind", "unknown notifier %q; known: log, smtp, none", c.Notifier.Kind)
 	}
-	if c.Ledger.Path == "" {
-		add("ledger.path", "is empty")
-	}
+	errs = append(errs, c.Ledger.problems("ledger")...)
 	switch c.Log.Format {
 	case "text", "json":
 	default:
@@ -666,6 +691,39 @@ func (s SMTP) problems(key string) []error {
 	}
 	if s.MaxConnections < 1 || s.MaxConnections > 1024 {
 		add("max_connections", "must be between 1 and 1024, got %d", s.MaxConnections)
+	}
+	return errs
+}
+
+func (l Ledger) problems(key string) []error {
+	var errs []error
+	add := func(sub, format string, args ...any) {
+		errs = append(errs, &KeyError{Key: key + "." + sub, Msg: fmt.Sprintf(format, args...)})
+	}
+	switch l.Kind {
+	case "bbolt":
+		if l.Path == "" {
+			add("path", "is empty")
+		}
+	case "postgres":
+		p := l.Postgres
+		switch {
+		case p.DSNEnv == "" && p.DSNFile == "":
+			add("postgres.dsn_env", "is missing; set dsn_env or dsn_file to where the connection string is")
+		case p.DSNEnv != "" && p.DSNFile != "":
+			add("postgres.dsn_file", "set dsn_env or dsn_file, not both")
+		}
+		if p.MaxConnections < 1 || p.MaxConnections > 1024 {
+			add("postgres.max_connections", "must be between 1 and 1024, got %d", p.MaxConnections)
+		}
+		if p.StatementTimeout < 100*time.Millisecond {
+			add("postgres.statement_timeout", "must be at least 100ms, got %s", p.StatementTimeout)
+		}
+		if p.Lease < 3*time.Second {
+			add("postgres.lease", "must be at least 3s (claims are renewed every third of it), got %s", p.Lease)
+		}
+	default:
+		add("kind", "unknown ledger %q; known: bbolt, postgres", l.Kind)
 	}
 	return errs
 }

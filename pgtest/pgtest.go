@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,9 +95,12 @@ func connect(t testing.TB, dsn string) *pgx.Conn {
 	return conn
 }
 
-// Control returns funcs that stop and start the server, or skips the test
-// when this run may not restart it (fails it under CI=true).
-func Control(t testing.TB) (stop, start func()) {
+// Private starts a PostgreSQL server of the test's own with
+// scripts/postgres.sh, for tests that stop and start it, and returns its
+// connection string and funcs that stop and start it. The server is
+// stopped and its data removed when the test ends. Without the script it
+// skips the test (fails it under CI=true).
+func Private(t testing.TB) (dsn string, stop, start func()) {
 	t.Helper()
 	script := os.Getenv(ScriptEnv)
 	if script == "" {
@@ -105,18 +109,30 @@ func Control(t testing.TB) (stop, start func()) {
 		}
 		t.Skipf("%s is not set; make test sets it to scripts/postgres.sh", ScriptEnv)
 	}
-	run := func(arg string) func() {
-		return func() {
-			if out, err := exec.Command(script, arg).CombinedOutput(); err != nil {
-				t.Fatalf("%s %s: %v\n%s", script, arg, err, out)
-			}
-		}
+	// Not t.TempDir: the server runs as the postgres user when the tests
+	// run as root, and must reach its directory.
+	dir, err := os.MkdirTemp("", "eventrouter-pgtest-")
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Whatever happens to the test, the server runs again after it.
-	t.Cleanup(func() {
-		if out, err := exec.Command(script, "start").CombinedOutput(); err != nil {
-			t.Errorf("%s start: %v\n%s", script, err, out)
+	env := append(os.Environ(), "POSTGRES_STATE_DIR="+dir, "POSTGRES_PORT=")
+	run := func(arg string) string {
+		cmd := exec.Command(script, arg)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s: %v\n%s", script, arg, err, out)
 		}
+		return string(out)
+	}
+	t.Cleanup(func() {
+		cmd := exec.Command(script, "stop")
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s stop: %v\n%s", script, err, out)
+		}
+		_ = os.RemoveAll(dir)
 	})
-	return run("stop"), run("start")
+	run("start")
+	return strings.TrimSpace(run("dsn")), func() { run("stop") }, func() { run("start") }
 }

@@ -20,21 +20,33 @@ scripts/deps.sh
 export EVENTROUTER_TEST_MAILPIT=${EVENTROUTER_TEST_MAILPIT:-$(scripts/mailpit.sh)}
 
 started=""
+pg_started=""
+cleanup() {
+  if [[ -n $started ]]; then scripts/kafka.sh stop; fi
+  if [[ -n $pg_started ]]; then scripts/postgres.sh stop; fi
+}
+trap cleanup EXIT
 if ! scripts/kafka.sh status >/dev/null 2>&1; then
   scripts/kafka.sh start
   started=yes
 fi
-cleanup() {
-  if [[ -n $started ]]; then scripts/kafka.sh stop; fi
-}
-trap cleanup EXIT
+# PostgreSQL for the shared ledger's tests, in a private data directory.
+if [[ -z ${EVENTROUTER_TEST_POSTGRES:-} ]]; then
+  if ! scripts/postgres.sh status >/dev/null 2>&1; then
+    scripts/postgres.sh start
+    pg_started=yes
+  fi
+  export EVENTROUTER_TEST_POSTGRES=$(scripts/postgres.sh dsn)
+fi
+# Lets the database-outage test run and stop a server of its own.
+export EVENTROUTER_TEST_POSTGRES_SCRIPT=$PWD/scripts/postgres.sh
 
 if [[ -z ${EVENTROUTER_TEST_BROKERS:-} ]]; then
   export EVENTROUTER_TEST_BROKERS=$(scripts/kafka.sh bootstrap)
   # Lets the broker-restart test stop and start this broker.
   export EVENTROUTER_TEST_KAFKA_SCRIPT=$PWD/scripts/kafka.sh
 fi
-echo "test.sh: real Kafka at $EVENTROUTER_TEST_BROKERS; embedded broker in-process"
+echo "test.sh: real Kafka at $EVENTROUTER_TEST_BROKERS; embedded broker in-process; PostgreSQL for the shared ledger"
 go vet ./...
 # The timeout is per package binary: generous, as -race slows tests
 # several times (the whole suite took 7.5 minutes without it).
