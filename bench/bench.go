@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/broker"
@@ -48,6 +50,10 @@ type bench struct {
 	mailOnce sync.Once
 	mailPort int
 	mailErr  error
+	// The shared ledger's server: pgDSN is empty, and pgSkip says why,
+	// when PostgreSQL is not installed.
+	pgDSN  string
+	pgSkip string
 }
 
 func newBench(ctx context.Context, o options, logger *slog.Logger) (*bench, error) {
@@ -101,8 +107,60 @@ func newBench(ctx context.Context, o options, logger *slog.Logger) (*bench, erro
 		}
 		b.libs = strings.TrimSpace(string(libs))
 	}
+	if err := b.startPostgres(ctx); err != nil {
+		b.close()
+		return nil, err
+	}
 	b.values = makeValues(o.messages, o.size)
 	return b, nil
+}
+
+// startPostgres starts the shared ledger's server with scripts/postgres.sh
+// unless it runs; without PostgreSQL installed its row is skipped.
+func (b *bench) startPostgres(ctx context.Context) error {
+	script := filepath.Join(b.root, "scripts", "postgres.sh")
+	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb"); len(m) == 0 && os.Getenv("POSTGRES_BIN") == "" {
+		b.pgSkip = "skipped: PostgreSQL is not installed (apt-get install postgresql)"
+		return nil
+	}
+	if exec.Command(script, "status").Run() != nil {
+		if err := runLogged(ctx, script, "start"); err != nil {
+			return fmt.Errorf("start postgres: %w", err)
+		}
+		b.cleanups = append(b.cleanups, func() { _ = runLogged(context.Background(), script, "stop") })
+	}
+	out, err := exec.Command(script, "dsn").Output()
+	if err != nil {
+		return fmt.Errorf("postgres dsn: %w", err)
+	}
+	b.pgDSN = strings.TrimSpace(string(out))
+	return nil
+}
+
+// pgSchema creates a schema for one run and returns a DSN that uses it,
+// and a func that drops it.
+func (b *bench) pgSchema(ctx context.Context) (string, func(), error) {
+	schema := fmt.Sprintf("bench_%d", time.Now().UnixNano())
+	exec1 := func(sql string) error {
+		conn, err := pgx.Connect(ctx, b.pgDSN)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		_, err = conn.Exec(ctx, sql)
+		return err
+	}
+	if err := exec1("CREATE SCHEMA " + schema); err != nil {
+		return "", nil, fmt.Errorf("create schema: %w", err)
+	}
+	u, err := url.Parse(b.pgDSN)
+	if err != nil {
+		return "", nil, err
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String(), func() { _ = exec1("DROP SCHEMA " + schema + " CASCADE") }, nil
 }
 
 func (b *bench) close() {
@@ -243,6 +301,8 @@ func (b *bench) runAll(ctx context.Context) (Results, error) {
 		{"bare sarama consumer group", func(ctx context.Context) (float64, error) { return b.consumeSarama(ctx, in) }, ""},
 		{"kafka ConsumerPerformance", func(ctx context.Context) (float64, error) { return b.consumeKafkaTool(ctx, in) }, ""},
 		{"bare sarama pipe (consume, async produce, mark)", func(ctx context.Context) (float64, error) { return b.saramaPipe(ctx, in) }, ""},
+		{"router end to end, shared PostgreSQL ledger", func(ctx context.Context) (float64, error) { return b.consumeDaemonShared(ctx, in, &res) },
+			"the daemon above with ledger.kind postgres (scripts/postgres.sh, same machine)"},
 	}
 	syncN := max(b.o.messages/5, 1)
 	publish := []side{
@@ -292,6 +352,9 @@ func (b *bench) runAll(ctx context.Context) (Results, error) {
 		res.Consume[0].Baseline, res.Consume[0].VsBaseline = "sarama pipe", res.Consume[0].MsgsPerSec/pipe
 	}
 	res.Consume[1].Baseline, res.Consume[1].VsBaseline = "sarama group", res.Consume[1].VsSarama
+	if bbolt := res.Consume[0].MsgsPerSec; bbolt > 0 && res.Consume[5].MsgsPerSec > 0 {
+		res.Consume[5].Baseline, res.Consume[5].VsBaseline = "bbolt ledger", res.Consume[5].MsgsPerSec/bbolt
+	}
 	if res.Publish, err = measure(publish); err != nil {
 		return res, err
 	}
@@ -330,11 +393,39 @@ func ratios(rows []Row) {
 // records, which leaves out start-up and the group join. It also reads the
 // process's peak RSS.
 func (b *bench) consumeDaemon(ctx context.Context, in string, res *Results) (float64, error) {
-	out, err := b.topic("sent")
+	dir, err := os.MkdirTemp(b.tmp, "daemon-")
 	if err != nil {
 		return 0, err
 	}
+	return b.runDaemon(ctx, in, dir, "ledger:\n  path: "+filepath.Join(dir, "ledger.db")+"\n", nil, res)
+}
+
+// consumeDaemonShared is consumeDaemon with the shared PostgreSQL ledger,
+// in a schema of its own.
+func (b *bench) consumeDaemonShared(ctx context.Context, in string, res *Results) (float64, error) {
+	if b.pgDSN == "" {
+		return 0, fmt.Errorf("%w: %s", errSkipped, b.pgSkip)
+	}
 	dir, err := os.MkdirTemp(b.tmp, "daemon-")
+	if err != nil {
+		return 0, err
+	}
+	dsn, drop, err := b.pgSchema(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer drop()
+	yaml := "ledger:\n  kind: postgres\n  postgres:\n    dsn_env: EVENTROUTER_BENCH_LEDGER_DSN\n"
+	// Its memory is not the daemon's reported one: that stays the
+	// default ledger's.
+	return b.runDaemon(ctx, in, dir, yaml, []string{"EVENTROUTER_BENCH_LEDGER_DSN=" + dsn}, nil)
+}
+
+// runDaemon runs `eventrouter run` in dir with the ledger section
+// ledgerYAML and env added to its environment, and measures it as
+// consumeDaemon says.
+func (b *bench) runDaemon(ctx context.Context, in, dir, ledgerYAML string, env []string, res *Results) (float64, error) {
+	out, err := b.topic("sent")
 	if err != nil {
 		return 0, err
 	}
@@ -344,8 +435,7 @@ kafka:
   brokers: [%s]
 notifier:
   kind: none
-ledger:
-  path: %s
+%s
 log:
   level: warn
 routes:
@@ -353,11 +443,12 @@ routes:
     subscribe_topic: %s
     consumer_group: bench-%d
     publish_topic: %s
-`, strings.Join(b.brokers, ","), filepath.Join(dir, "ledger.db"), in, time.Now().UnixNano(), out)
+`, strings.Join(b.brokers, ","), ledgerYAML, in, time.Now().UnixNano(), out)
 	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
 		return 0, err
 	}
 	cmd := exec.CommandContext(ctx, b.bin, "run", "--config", path)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -374,7 +465,7 @@ routes:
 	if err := waitUntil(ctx, 10*time.Minute, func() bool { return records(client, out) >= int64(b.o.messages) }); err != nil {
 		return 0, fmt.Errorf("waiting for %d notification-sent: %w", b.o.messages, err)
 	}
-	if rss := statusMiB(cmd.Process.Pid, "VmHWM:"); rss > res.PeakRSSMiB {
+	if rss := statusMiB(cmd.Process.Pid, "VmHWM:"); res != nil && rss > res.PeakRSSMiB {
 		res.PeakRSSMiB = rss
 		res.FileRSSMiB = statusMiB(cmd.Process.Pid, "RssFile:")
 	}

@@ -58,6 +58,21 @@ func TestShippedConfigIsValid(t *testing.T) {
 	}
 }
 
+// The environment docker-compose.yml gives the daemon switches the shipped
+// config to Kafka, Mailpit and the shared ledger.
+func TestShippedConfigUnderCompose(t *testing.T) {
+	cfg, err := config.Load(filepath.Join("..", config.DefaultPath), env(map[string]string{
+		"EVENTROUTER_KAFKA_BROKERS": "kafka:19092", "EVENTROUTER_NOTIFIER": "smtp", "EVENTROUTER_SMTP_HOST": "mailpit",
+		"EVENTROUTER_LEDGER": "postgres", "EVENTROUTER_LEDGER_DSN": "postgres://eventrouter:eventrouter@postgres:5432/eventrouter",
+	}))
+	if err != nil {
+		t.Fatalf("Load(shipped eventrouter.yaml) under compose = %v; want no error", err)
+	}
+	if cfg.Ledger.Kind != "postgres" || cfg.Ledger.Postgres.DSNEnv != "EVENTROUTER_LEDGER_DSN" {
+		t.Errorf("ledger = %+v; want kind postgres with dsn_env EVENTROUTER_LEDGER_DSN", cfg.Ledger)
+	}
+}
+
 func TestRouteRetryOverridesKeyByKey(t *testing.T) {
 	type policy struct {
 		maxRetries                int

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/eventrouter/eventrouter/retry"
@@ -77,6 +78,9 @@ type Postgres struct {
 	owner string
 
 	locks keyLocks
+	// claims and records group the statements of concurrent handlers.
+	claims  *batcher[string, claimRow]
+	records *batcher[recordReq, struct{}]
 
 	mu sync.Mutex
 	// held counts this process's claims by key, which the renewer keeps
@@ -124,6 +128,11 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 		held: map[string]int{}, unsaved: map[string]Entry{}, published: map[string]bool{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
+	// Each worker holds at most one connection; the rest of the pool is
+	// for renewals, marks and releases.
+	workers := max(1, int(pool.Config().MaxConns)/4)
+	p.claims = newBatcher(workers, maxBatch, p.claimBatch)
+	p.records = newBatcher(workers, maxBatch, p.recordBatch)
 	go p.renew()
 	return p, nil
 }
@@ -211,39 +220,133 @@ func CheckPostgres(ctx context.Context, dsn string) (version int, err error) {
 	return readVersion(ctx, conn)
 }
 
-// claimSQL claims $1 for owner $2 with a lease of $3 seconds in one
-// statement: it inserts the claim, or takes over a claim whose lease ran
-// out, or renews the owner's own. The first branch of the UNION returns
-// the row when the claim is the caller's; the second returns the row as it
-// is otherwise (recorded, or another live owner's). When a concurrent
-// claim commits between the two, neither branch sees a row, and the
-// caller asks again.
+// claimSQL claims the keys $1 for owner $2 with a lease of $3 seconds in
+// one statement: for each key it inserts the claim, or takes over a claim
+// whose lease ran out, or renews the owner's own. The first branch of the
+// UNION returns the keys whose claim is the caller's; the second returns
+// the others' rows as they are (recorded, or another live owner's). A key
+// whose row a concurrent claim committed mid-statement is in neither, and
+// is asked again. Keys are claimed in order, so that batches of two
+// instances lock rows in the same order and never deadlock each other.
 const claimSQL = `
 WITH claimed AS (
 	INSERT INTO eventrouter_ledger AS l (key, owner, lease_until)
-	VALUES ($1, $2, now() + make_interval(secs => $3))
+	SELECT k, $2, now() + make_interval(secs => $3) FROM unnest($1::text[]) AS k ORDER BY k
 	ON CONFLICT (key) DO UPDATE
 		SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
 		    claimed_at = now(),
 		    takeovers = l.takeovers + CASE WHEN l.owner IS DISTINCT FROM EXCLUDED.owner THEN 1 ELSE 0 END
 		WHERE l.sent_at IS NULL AND (l.owner = EXCLUDED.owner OR l.lease_until IS NULL OR l.lease_until < now())
-	RETURNING true, l.event_id, l.channel, l.address, l.sent_at, l.published, extract(epoch FROM l.lease_until - now())::float8
+	RETURNING l.key, true, l.event_id, l.channel, l.address, l.sent_at, l.published,
+		extract(epoch FROM l.lease_until - now())::float8
 )
 SELECT * FROM claimed
 UNION ALL
-SELECT false, event_id, channel, address, sent_at, published, extract(epoch FROM lease_until - now())::float8
-	FROM eventrouter_ledger WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)`
+SELECT key, false, event_id, channel, address, sent_at, published, extract(epoch FROM lease_until - now())::float8
+	FROM eventrouter_ledger WHERE key = ANY($1) AND key NOT IN (SELECT key FROM claimed)`
 
-// recordSQL stores the entry of a side effect that happened, and ends its
-// claim. An entry already there stays: another owner recorded the same
-// side effect first.
+// recordSQL stores the entries of side effects that happened, and ends
+// their claims, in one statement. An entry already there stays: another
+// owner recorded the same side effect first.
 const recordSQL = `
 INSERT INTO eventrouter_ledger AS l (key, event_id, channel, address, sent_at, published)
-VALUES ($1, $2, $3, $4, $5, false)
+SELECT k, e, c, a, s, false
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS t(k, e, c, a, s) ORDER BY k
 ON CONFLICT (key) DO UPDATE
 	SET event_id = EXCLUDED.event_id, channel = EXCLUDED.channel, address = EXCLUDED.address,
 	    sent_at = EXCLUDED.sent_at, owner = NULL, lease_until = NULL
 	WHERE l.sent_at IS NULL`
+
+// claimRow is a key's row as claimSQL returns it; present is false when
+// the statement saw none.
+type claimRow struct {
+	present   bool
+	mine      bool
+	eventID   *string
+	channel   *string
+	address   *string
+	sentAt    *time.Time
+	published bool
+	left      *float64
+}
+
+// maxBatch bounds the keys of one statement.
+const maxBatch = 256
+
+// claimBatch runs claimSQL for keys. A key asked twice in one batch is
+// claimed once, for both: the statement may touch a row only once.
+func (p *Postgres) claimBatch(keys []string) ([]claimRow, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+	defer cancel()
+	distinct := slices.Compact(slices.Sorted(slices.Values(keys)))
+	var out []claimRow
+	err := retryDeadlock(func() error {
+		rows, err := p.pool.Query(ctx, claimSQL, distinct, p.owner, p.cfg.Lease.Seconds())
+		if err != nil {
+			return err
+		}
+		byKey := make(map[string]claimRow, len(keys))
+		var key string
+		var r claimRow
+		_, err = pgx.ForEachRow(rows, []any{&key, &r.mine, &r.eventID, &r.channel, &r.address, &r.sentAt, &r.published, &r.left}, func() error {
+			r.present = true
+			byKey[key] = r
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		out = make([]claimRow, len(keys))
+		for i, k := range keys {
+			out[i] = byKey[k]
+		}
+		return nil
+	})
+	return out, err
+}
+
+// recordReq is one entry for recordBatch.
+type recordReq struct {
+	key string
+	e   Entry
+}
+
+// recordBatch runs recordSQL for reqs. Of a key written twice in one
+// batch (a handler's Record and the renewer's retry of it) the last entry
+// is sent: the statement may touch a row only once.
+func (p *Postgres) recordBatch(reqs []recordReq) ([]struct{}, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+	defer cancel()
+	last := make(map[string]Entry, len(reqs))
+	for _, r := range reqs {
+		last[r.key] = r.e
+	}
+	var keys, events, channels, addresses []string
+	var sent []time.Time
+	for k, e := range last {
+		keys, events, channels, addresses = append(keys, k), append(events, e.EventID), append(channels, e.Channel), append(addresses, e.Address)
+		sent = append(sent, e.SentAt)
+	}
+	err := retryDeadlock(func() error {
+		_, err := p.pool.Exec(ctx, recordSQL, keys, events, channels, addresses, sent)
+		return err
+	})
+	return make([]struct{}, len(reqs)), err
+}
+
+// retryDeadlock runs f again when the server chose its transaction as a
+// deadlock's victim: nothing of it was written.
+func retryDeadlock(f func() error) error {
+	var err error
+	for range 3 {
+		err = f()
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "40P01" {
+			return err
+		}
+	}
+	return err
+}
 
 // Claim takes key for the caller until release is called, and returns the
 // entry recorded under key, if there is one. A claim held by a handler of
@@ -269,26 +372,20 @@ func (p *Postgres) Claim(ctx context.Context, key string) (e Entry, found bool, 
 	// email's time, then less often.
 	wait := 20 * time.Millisecond
 	for {
-		var (
-			mine      bool
-			eventID   *string
-			channel   *string
-			address   *string
-			sentAt    *time.Time
-			published bool
-			left      *float64
-		)
-		err := p.pool.QueryRow(ctx, claimSQL, key, p.owner, p.cfg.Lease.Seconds()).
-			Scan(&mine, &eventID, &channel, &address, &sentAt, &published, &left)
+		r, err := p.claims.do(key)
 		switch {
-		case errors.Is(err, pgx.ErrNoRows) && ctx.Err() == nil:
-			// A concurrent claim committed mid-statement: ask again.
-			continue
 		case err != nil:
 			unlock()
 			return Entry{}, false, nil, p.fail(ctx, "claim "+key, err)
+		case !r.present && ctx.Err() == nil:
+			// A concurrent claim committed mid-statement: ask again.
+			continue
+		case !r.present:
+			unlock()
+			return Entry{}, false, nil, fmt.Errorf("claim ledger key %s: %w", key, ctx.Err())
 		}
 		retry.Reached(ctx, Dependency)
+		mine, eventID, channel, address, sentAt, published, left := r.mine, r.eventID, r.channel, r.address, r.sentAt, r.published, r.left
 		if sentAt != nil {
 			e := Entry{EventID: deref(eventID), Channel: deref(channel), Address: deref(address),
 				SentAt: sentAt.UTC(), Published: published}
@@ -390,19 +487,16 @@ func (p *Postgres) Record(ctx context.Context, key string, e Entry) error {
 	p.mu.Lock()
 	p.unsaved[key] = e
 	p.mu.Unlock()
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout())
-	defer cancel()
-	if err := p.write(wctx, key, e); err != nil {
-		return p.fail(wctx, "record "+key, err)
+	if err := p.write(key, e); err != nil {
+		return p.fail(context.WithoutCancel(ctx), "record "+key, err)
 	}
 	retry.Reached(ctx, Dependency)
 	return nil
 }
 
 // write stores an unsaved entry, and forgets it once it is written.
-func (p *Postgres) write(ctx context.Context, key string, e Entry) error {
-	_, err := p.pool.Exec(ctx, recordSQL, key, e.EventID, e.Channel, e.Address, e.SentAt)
-	if err != nil {
+func (p *Postgres) write(key string, e Entry) error {
+	if _, err := p.records.do(recordReq{key: key, e: e}); err != nil {
 		return err
 	}
 	p.mu.Lock()
@@ -480,7 +574,7 @@ func (p *Postgres) flush() error {
 	defer cancel()
 	var errs []error
 	for key, e := range entries {
-		if err := p.write(ctx, key, e); err != nil {
+		if err := p.write(key, e); err != nil {
 			errs = append(errs, fmt.Errorf("ledger record %s: %w", key, err))
 		}
 	}
@@ -510,6 +604,8 @@ func (p *Postgres) Close() error {
 	close(p.stop)
 	<-p.done
 	err := p.flush()
+	p.claims.close()
+	p.records.close()
 	p.pool.Close()
 	return err
 }

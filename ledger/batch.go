@@ -1,0 +1,79 @@
+package ledger
+
+import "sync"
+
+// batcher groups the calls of concurrent handlers into one statement, as
+// group commit does: a worker takes the first call waiting and every
+// other call waiting with it (up to max), runs them in one round trip and
+// one transaction, and hands each caller its own result. A call that finds
+// a worker idle runs at once, alone; calls queue only behind a running
+// batch, so batches grow with the load and add no delay when it is low.
+type batcher[Req, Res any] struct {
+	calls chan *batchCall[Req, Res]
+	max   int
+	run   func(reqs []Req) ([]Res, error)
+	wg    sync.WaitGroup
+}
+
+type batchCall[Req, Res any] struct {
+	req  Req
+	res  Res
+	err  error
+	done chan struct{}
+}
+
+// newBatcher starts workers that each run one batch at a time.
+func newBatcher[Req, Res any](workers, max int, run func(reqs []Req) ([]Res, error)) *batcher[Req, Res] {
+	b := &batcher[Req, Res]{calls: make(chan *batchCall[Req, Res], 4*max), max: max, run: run}
+	for range workers {
+		b.wg.Go(b.work)
+	}
+	return b
+}
+
+// do runs req in the next batch and returns its result. It waits for the
+// batch even when the caller's context ends: the statement is bounded by
+// its own timeout, and a claim made must reach its caller to be released.
+func (b *batcher[Req, Res]) do(req Req) (Res, error) {
+	c := &batchCall[Req, Res]{req: req, done: make(chan struct{})}
+	b.calls <- c
+	<-c.done
+	return c.res, c.err
+}
+
+func (b *batcher[Req, Res]) work() {
+	for first := range b.calls {
+		batch := []*batchCall[Req, Res]{first}
+	gather:
+		for len(batch) < b.max {
+			select {
+			case c, ok := <-b.calls:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, c)
+			default:
+				break gather
+			}
+		}
+		reqs := make([]Req, len(batch))
+		for i, c := range batch {
+			reqs[i] = c.req
+		}
+		res, err := b.run(reqs)
+		for i, c := range batch {
+			if err == nil {
+				c.res = res[i]
+			}
+			c.err = err
+			close(c.done)
+		}
+	}
+}
+
+// close stops the workers once the calls queued are done. No call may
+// start after it.
+func (b *batcher[Req, Res]) close() {
+	close(b.calls)
+	b.wg.Wait()
+}
