@@ -34,6 +34,7 @@ import (
 	"github.com/eventrouter/eventrouter/record"
 	"github.com/eventrouter/eventrouter/retry"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Headers that eventrouter adds to a poisoned record, beside Watermill's
@@ -505,25 +506,47 @@ type sideLedger interface {
 	Close() error
 }
 
-// openLedger opens the configured ledger. The shared one must answer now:
-// a daemon that starts without its ledger would only pause every route.
+// openLedger opens the configured ledger. The shared one is asked again
+// for up to ledgerStartWait while the database does not answer (it may be
+// starting beside the daemon); then the daemon gives up: started without
+// its ledger it could only pause every route.
 func (d *Daemon) openLedger(ctx context.Context) (sideLedger, error) {
 	if d.cfg.Ledger.Kind != "postgres" {
 		return ledger.Open(d.cfg.Ledger.Path)
 	}
 	pc := d.cfg.Ledger.Postgres
-	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	octx, cancel := context.WithTimeout(ctx, ledgerStartWait)
 	defer cancel()
-	l, err := ledger.OpenPostgres(octx, ledger.PostgresConfig{
-		DSN: d.ledgerDSN, MaxConns: int32(pc.MaxConnections), StatementTimeout: pc.StatementTimeout, Lease: pc.Lease,
-	})
-	if err != nil {
-		return nil, err
+	wait := 250 * time.Millisecond
+	for {
+		l, err := ledger.OpenPostgres(octx, ledger.PostgresConfig{
+			DSN: d.ledgerDSN, MaxConns: int32(pc.MaxConnections), StatementTimeout: pc.StatementTimeout, Lease: pc.Lease,
+		})
+		if err == nil {
+			d.shared.Store(l)
+			d.logger.Info("shared ledger open", "kind", "postgres", "schema_version", ledger.SchemaVersion, "lease", pc.Lease.String())
+			return l, nil
+		}
+		// A newer schema, a wrong password or a missing database stays so.
+		var refused *ledger.SchemaError
+		var pgErr *pgconn.PgError
+		if errors.As(err, &refused) || octx.Err() != nil ||
+			errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "28") || pgErr.Code == "3D000") {
+			return nil, err
+		}
+		d.logger.Warn("shared ledger not reachable yet; trying again", "err", err, "in", wait.String())
+		select {
+		case <-octx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 4*time.Second)
 	}
-	d.shared.Store(l)
-	d.logger.Info("shared ledger open", "kind", "postgres", "schema_version", ledger.SchemaVersion, "lease", pc.Lease.String())
-	return l, nil
 }
+
+// ledgerStartWait bounds how long the daemon waits for the shared ledger's
+// database at start.
+const ledgerStartWait = 60 * time.Second
 
 // readLedgerDSN reads the shared ledger's connection string and checks
 // that it parses, without quoting it: it holds a password.

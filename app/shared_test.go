@@ -1,8 +1,10 @@
 package app_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,7 +33,7 @@ const sharedLedgerYAML = `ledger:
   kind: postgres
   postgres:
     dsn_env: ` + sharedLedgerDSNEnv + `
-    lease: 3s
+    lease: 6s
     statement_timeout: 2s
 `
 
@@ -40,7 +42,7 @@ const sharedLedgerYAML = `ledger:
 func withSharedLedger(cfg config.Config, dsn string, o app.Options) (config.Config, app.Options) {
 	cfg.Ledger.Kind = "postgres"
 	cfg.Ledger.Postgres.DSNEnv = sharedLedgerDSNEnv
-	cfg.Ledger.Postgres.Lease = 3 * time.Second
+	cfg.Ledger.Postgres.Lease = 6 * time.Second
 	cfg.Ledger.Postgres.StatementTimeout = 2 * time.Second
 	getenv := o.Getenv
 	o.Getenv = func(k string) string {
@@ -295,4 +297,56 @@ func TestLedgerDatabaseOutage(t *testing.T) {
 		t.Errorf("poison topic holds %d records after the database outage; want 0", n)
 	}
 	fmt.Printf("ledger database down 20 s: %d users, %d emails, 0 poisoned\n", users, len(notifier.Sent()))
+}
+
+// A daemon that starts before its database waits for it; one given a
+// wrong password stops at once, without printing it.
+func TestSharedLedgerAtStart(t *testing.T) {
+	brokers := kafkatest.Real(t)
+	dsn, stopDB, startDB := pgtest.Private(t)
+	r := newRoute()
+
+	stopDB()
+	cfg, opts := withSharedLedger(testConfig(t, brokers, r, ""), dsn, app.Options{Notifier: &recorder{}})
+	logs := &syncBuffer{}
+	d, err := app.New(cfg, slog.New(slog.NewTextHandler(logs, nil)), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	waitFor(t, 30*time.Second, "the daemon to wait for its database", func() bool {
+		return strings.Contains(logs.String(), "shared ledger not reachable yet")
+	})
+	startDB()
+	select {
+	case <-d.Running():
+	case err := <-done:
+		done <- err
+		t.Fatalf("daemon stopped instead of waiting for its database: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("daemon not running 60s after its database came back")
+	}
+
+	wrong := strings.Replace(dsn, "eventrouter:eventrouter@", "eventrouter:hunter2@", 1)
+	cfg, opts = withSharedLedger(testConfig(t, brokers, r, ""), wrong, app.Options{Notifier: &recorder{}})
+	d2, err := app.New(cfg, slog.New(slog.NewTextHandler(logs, nil)), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = d2.Run(context.Background())
+	if err == nil || time.Since(start) > 20*time.Second {
+		t.Errorf("Run with a wrong password = %v after %s; want an error at once", err, time.Since(start))
+	}
+	if err != nil && strings.Contains(err.Error()+logs.String(), "hunter2") {
+		t.Errorf("the password is in the error or the log: %v", err)
+	}
 }

@@ -721,6 +721,10 @@ func (l Ledger) problems(key string) []error {
 		}
 		if p.Lease < 3*time.Second {
 			add("postgres.lease", "must be at least 3s (claims are renewed every third of it), got %s", p.Lease)
+		} else if p.StatementTimeout > p.Lease/3 {
+			// A renewal that takes longer than the time between renewals
+			// could let a live owner's claim run out.
+			add("postgres.statement_timeout", "must be at most a third of lease (%s), got %s", p.Lease/3, p.StatementTimeout)
 		}
 	default:
 		add("kind", "unknown ledger %q; known: bbolt, postgres", l.Kind)

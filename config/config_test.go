@@ -268,6 +268,7 @@ func TestParseErrors(t *testing.T) {
 		{"postgres ledger without a DSN", valid + "ledger:\n  kind: postgres\n", "ledger.postgres.dsn_env: is missing"},
 		{"postgres ledger with two DSNs", valid + "ledger:\n  kind: postgres\n  postgres:\n    dsn_env: A\n    dsn_file: /b\n", "line 13: ledger.postgres.dsn_file: set dsn_env or dsn_file, not both"},
 		{"short lease", valid + "ledger:\n  kind: postgres\n  postgres:\n    dsn_env: A\n    lease: 1s\n", "ledger.postgres.lease: must be at least 3s"},
+		{"statement timeout over a third of the lease", valid + "ledger:\n  kind: postgres\n  postgres:\n    dsn_env: A\n    lease: 6s\n", "ledger.postgres.statement_timeout: must be at most a third of lease (2s), got 5s"},
 		{"empty bbolt path", valid + "ledger:\n  path: \"\"\n", "ledger.path: is empty"},
 		{"unset variable", strings.Replace(valid, "user-registered", "${TOPIC}", 1), "line 6: routes[0].subscribe_topic: environment variable TOPIC is not set"},
 		{"not yaml", "kafka: [", "config: "},

@@ -1,6 +1,12 @@
 package ledger
 
-import "sync"
+import (
+	"errors"
+	"sync"
+)
+
+// errClosed is what a call to a closed ledger gets.
+var errClosed = errors.New("ledger is closed")
 
 // batcher groups the calls of concurrent handlers into one statement, as
 // group commit does: a worker takes the first call waiting and every
@@ -11,8 +17,15 @@ import "sync"
 type batcher[Req, Res any] struct {
 	calls chan *batchCall[Req, Res]
 	max   int
-	run   func(reqs []Req) ([]Res, error)
-	wg    sync.WaitGroup
+	// run returns a result and an error per request, or one error for the
+	// whole batch.
+	run func(reqs []Req) ([]Res, []error, error)
+	wg  sync.WaitGroup
+
+	// mu guards closed against calls racing close: a handler the router
+	// gave up waiting for may still call after the ledger closed.
+	mu     sync.RWMutex
+	closed bool
 }
 
 type batchCall[Req, Res any] struct {
@@ -23,7 +36,7 @@ type batchCall[Req, Res any] struct {
 }
 
 // newBatcher starts workers that each run one batch at a time.
-func newBatcher[Req, Res any](workers, max int, run func(reqs []Req) ([]Res, error)) *batcher[Req, Res] {
+func newBatcher[Req, Res any](workers, max int, run func(reqs []Req) ([]Res, []error, error)) *batcher[Req, Res] {
 	b := &batcher[Req, Res]{calls: make(chan *batchCall[Req, Res], 4*max), max: max, run: run}
 	for range workers {
 		b.wg.Go(b.work)
@@ -36,7 +49,14 @@ func newBatcher[Req, Res any](workers, max int, run func(reqs []Req) ([]Res, err
 // its own timeout, and a claim made must reach its caller to be released.
 func (b *batcher[Req, Res]) do(req Req) (Res, error) {
 	c := &batchCall[Req, Res]{req: req, done: make(chan struct{})}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		var zero Res
+		return zero, errClosed
+	}
 	b.calls <- c
+	b.mu.RUnlock()
 	<-c.done
 	return c.res, c.err
 }
@@ -60,20 +80,29 @@ func (b *batcher[Req, Res]) work() {
 		for i, c := range batch {
 			reqs[i] = c.req
 		}
-		res, err := b.run(reqs)
+		res, errs, err := b.run(reqs)
 		for i, c := range batch {
-			if err == nil {
-				c.res = res[i]
+			switch {
+			case err != nil:
+				c.err = err
+			default:
+				c.res, c.err = res[i], errs[i]
 			}
-			c.err = err
 			close(c.done)
 		}
 	}
 }
 
-// close stops the workers once the calls queued are done. No call may
-// start after it.
+// close stops the workers once the calls queued are done; later calls get
+// errClosed. It may be called more than once.
 func (b *batcher[Req, Res]) close() {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
 	close(b.calls)
+	b.mu.Unlock()
 	b.wg.Wait()
 }

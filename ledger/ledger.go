@@ -30,8 +30,10 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -67,16 +69,20 @@ type KeyError struct {
 }
 
 func (e *KeyError) Error() string {
-	if e.Key == "" {
+	switch {
+	case e.Key == "":
 		return "ledger key is empty"
+	case len(e.Key) > MaxKeyLen:
+		return fmt.Sprintf("ledger key of %d bytes is longer than the limit of %d", len(e.Key), MaxKeyLen)
 	}
-	return fmt.Sprintf("ledger key of %d bytes is longer than the limit of %d", len(e.Key), MaxKeyLen)
+	return "ledger key is not UTF-8 text without NUL characters"
 }
 
-// checkKey refuses the keys bbolt would refuse: a write that cannot
-// succeed must fail before the side effect, not after it.
+// checkKey refuses the keys bbolt or PostgreSQL would refuse (PostgreSQL
+// text holds no NUL and only valid UTF-8): a write that cannot succeed
+// must fail before the side effect, not after it.
 func checkKey(key string) error {
-	if key == "" || len(key) > MaxKeyLen {
+	if key == "" || len(key) > MaxKeyLen || !utf8.ValidString(key) || strings.IndexByte(key, 0) >= 0 {
 		return &KeyError{Key: key}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,9 +92,13 @@ type Postgres struct {
 	unsaved map[string]Entry
 	// published holds marks not yet written.
 	published map[string]bool
+	// releases holds claims whose release failed, for the renewer to
+	// delete.
+	releases map[string]bool
 
-	stop chan struct{}
-	done chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
 // OpenPostgres connects to the database, creates or migrates the schema,
@@ -125,15 +130,17 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	}
 	p := &Postgres{
 		pool: pool, cfg: cfg, owner: newOwner(),
-		held: map[string]int{}, unsaved: map[string]Entry{}, published: map[string]bool{},
-		stop: make(chan struct{}), done: make(chan struct{}),
+		held: map[string]int{}, unsaved: map[string]Entry{}, published: map[string]bool{}, releases: map[string]bool{},
+		stop: make(chan struct{}),
 	}
 	// Each worker holds at most one connection; the rest of the pool is
 	// for renewals, marks and releases.
 	workers := max(1, int(pool.Config().MaxConns)/4)
 	p.claims = newBatcher(workers, maxBatch, p.claimBatch)
 	p.records = newBatcher(workers, maxBatch, p.recordBatch)
+	p.wg.Add(2)
 	go p.renew()
+	go p.flushLoop()
 	return p, nil
 }
 
@@ -147,10 +154,29 @@ func newOwner() string {
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
+// SchemaError says that the database cannot hold this ledger as it is:
+// its schema is newer than this code knows (an instance of a newer
+// eventrouter migrated it), or its encoding is not UTF8. Asking again does
+// not help.
+type SchemaError struct {
+	Msg string
+}
+
+func (e *SchemaError) Error() string { return e.Msg }
+
 // migrate brings the schema to SchemaVersion in one transaction, under
 // an advisory lock so that instances starting at once take turns.
 func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		// Every valid key and address is UTF-8: another encoding could
+		// refuse one after its email went out.
+		var enc string
+		if err := tx.QueryRow(ctx, "SHOW server_encoding").Scan(&enc); err != nil {
+			return fmt.Errorf("read the server encoding: %w", err)
+		}
+		if enc != "UTF8" {
+			return &SchemaError{Msg: fmt.Sprintf("the database's encoding is %s; the ledger needs UTF8 (CREATE DATABASE ... ENCODING 'UTF8')", enc)}
+		}
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLock)); err != nil {
 			return fmt.Errorf("lock the schema: %w", err)
 		}
@@ -162,7 +188,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 			return err
 		}
 		if v > SchemaVersion {
-			return fmt.Errorf("schema version %d is newer than this eventrouter's %d: upgrade eventrouter", v, SchemaVersion)
+			return &SchemaError{Msg: fmt.Sprintf("schema version %d is newer than this eventrouter's %d: upgrade eventrouter", v, SchemaVersion)}
 		}
 		if v < 0 {
 			if _, err := tx.Exec(ctx, "INSERT INTO eventrouter_schema (version) VALUES (0)"); err != nil {
@@ -222,7 +248,9 @@ func CheckPostgres(ctx context.Context, dsn string) (version int, err error) {
 
 // claimSQL claims the keys $1 for owner $2 with a lease of $3 seconds in
 // one statement: for each key it inserts the claim, or takes over a claim
-// whose lease ran out, or renews the owner's own. The first branch of the
+// whose lease ran out, or renews the owner's own. A server that restarted
+// less than a lease ago lets no lease run out: its outage kept every owner
+// from renewing, and each gets a whole lease to come back. The first branch of the
 // UNION returns the keys whose claim is the caller's; the second returns
 // the others' rows as they are (recorded, or another live owner's). A key
 // whose row a concurrent claim committed mid-statement is in neither, and
@@ -236,7 +264,8 @@ WITH claimed AS (
 		SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
 		    claimed_at = now(),
 		    takeovers = l.takeovers + CASE WHEN l.owner IS DISTINCT FROM EXCLUDED.owner THEN 1 ELSE 0 END
-		WHERE l.sent_at IS NULL AND (l.owner = EXCLUDED.owner OR l.lease_until IS NULL OR l.lease_until < now())
+		WHERE l.sent_at IS NULL AND (l.owner = EXCLUDED.owner OR l.lease_until IS NULL OR
+			(l.lease_until < now() AND pg_postmaster_start_time() < now() - make_interval(secs => $3)))
 	RETURNING l.key, true, l.event_id, l.channel, l.address, l.sent_at, l.published,
 		extract(epoch FROM l.lease_until - now())::float8
 )
@@ -274,8 +303,25 @@ type claimRow struct {
 const maxBatch = 256
 
 // claimBatch runs claimSQL for keys. A key asked twice in one batch is
-// claimed once, for both: the statement may touch a row only once.
-func (p *Postgres) claimBatch(keys []string) ([]claimRow, error) {
+// claimed once, for both: the statement may touch a row only once. When
+// the batch fails on a key's own fault (a data error), every key is asked
+// alone, so that one bad key fails only its own call.
+func (p *Postgres) claimBatch(keys []string) ([]claimRow, []error, error) {
+	rows, err := p.claimKeys(keys)
+	if err == nil || !dataError(err) || len(keys) == 1 {
+		return rows, make([]error, len(keys)), err
+	}
+	rows, errs := make([]claimRow, len(keys)), make([]error, len(keys))
+	for i, k := range keys {
+		var one []claimRow
+		if one, errs[i] = p.claimKeys([]string{k}); errs[i] == nil {
+			rows[i] = one[0]
+		}
+	}
+	return rows, errs, nil
+}
+
+func (p *Postgres) claimKeys(keys []string) ([]claimRow, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
 	defer cancel()
 	distinct := slices.Compact(slices.Sorted(slices.Values(keys)))
@@ -305,6 +351,13 @@ func (p *Postgres) claimBatch(keys []string) ([]claimRow, error) {
 	return out, err
 }
 
+// dataError reports whether err is the server refusing a value (SQL
+// classes 22 and 23): the fault of a key or an entry, not of the server.
+func dataError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23"))
+}
+
 // recordReq is one entry for recordBatch.
 type recordReq struct {
 	key string
@@ -313,8 +366,21 @@ type recordReq struct {
 
 // recordBatch runs recordSQL for reqs. Of a key written twice in one
 // batch (a handler's Record and the renewer's retry of it) the last entry
-// is sent: the statement may touch a row only once.
-func (p *Postgres) recordBatch(reqs []recordReq) ([]struct{}, error) {
+// is sent: the statement may touch a row only once. When the batch fails
+// on an entry's own fault, each entry is written alone.
+func (p *Postgres) recordBatch(reqs []recordReq) ([]struct{}, []error, error) {
+	err := p.recordEntries(reqs)
+	if err == nil || !dataError(err) || len(reqs) == 1 {
+		return make([]struct{}, len(reqs)), make([]error, len(reqs)), err
+	}
+	errs := make([]error, len(reqs))
+	for i, r := range reqs {
+		errs[i] = p.recordEntries([]recordReq{r})
+	}
+	return make([]struct{}, len(reqs)), errs, nil
+}
+
+func (p *Postgres) recordEntries(reqs []recordReq) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
 	defer cancel()
 	last := make(map[string]Entry, len(reqs))
@@ -327,11 +393,10 @@ func (p *Postgres) recordBatch(reqs []recordReq) ([]struct{}, error) {
 		keys, events, channels, addresses = append(keys, k), append(events, e.EventID), append(channels, e.Channel), append(addresses, e.Address)
 		sent = append(sent, e.SentAt)
 	}
-	err := retryDeadlock(func() error {
+	return retryDeadlock(func() error {
 		_, err := p.pool.Exec(ctx, recordSQL, keys, events, channels, addresses, sent)
 		return err
 	})
-	return make([]struct{}, len(reqs)), err
 }
 
 // retryDeadlock runs f again when the server chose its transaction as a
@@ -378,7 +443,9 @@ func (p *Postgres) Claim(ctx context.Context, key string) (e Entry, found bool, 
 			unlock()
 			return Entry{}, false, nil, p.fail(ctx, "claim "+key, err)
 		case !r.present && ctx.Err() == nil:
-			// A concurrent claim committed mid-statement: ask again.
+			// A concurrent claim committed mid-statement: ask again,
+			// soon.
+			time.Sleep(5 * time.Millisecond)
 			continue
 		case !r.present:
 			unlock()
@@ -447,12 +514,25 @@ func (p *Postgres) releaser(key string, unlock func()) func() {
 			if !wasHeld || unsaved {
 				return
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
-			defer cancel()
-			// Best effort: a claim left behind runs out with its lease.
-			_, _ = p.pool.Exec(ctx, "DELETE FROM eventrouter_ledger WHERE key = $1 AND owner = $2 AND sent_at IS NULL", key, p.owner)
+			// Under the key's lock, so that no claim of this process
+			// is deleted with it.
+			if err := p.deleteClaim(key); err != nil {
+				// The renewer tries again; until then the claim is not
+				// renewed, and at worst runs out with its lease.
+				p.mu.Lock()
+				p.releases[key] = true
+				p.mu.Unlock()
+			}
 		})
 	}
+}
+
+// deleteClaim deletes this process's unrecorded claim of key.
+func (p *Postgres) deleteClaim(key string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+	defer cancel()
+	_, err := p.pool.Exec(ctx, "DELETE FROM eventrouter_ledger WHERE key = $1 AND owner = $2 AND sent_at IS NULL", key, p.owner)
+	return err
 }
 
 // timeout bounds a statement made outside any message's context.
@@ -463,13 +543,17 @@ func (p *Postgres) timeout() time.Duration {
 	return 5 * time.Second
 }
 
-// fail wraps a database error: the record is never at fault, so every
-// failure other than the caller's own cancellation is an outage that
-// pauses the route and never poisons the record.
+// fail wraps a database error. A value the server refuses is the
+// record's fault, and permanent; every other failure but the caller's own
+// cancellation is an outage that pauses the route and never poisons the
+// record.
 func (p *Postgres) fail(ctx context.Context, what string, err error) error {
 	err = fmt.Errorf("ledger %s: %w", what, err)
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		return err
+	case dataError(err):
+		return retry.Permanent(err)
 	}
 	return retry.Unavailable(Dependency, err)
 }
@@ -499,12 +583,7 @@ func (p *Postgres) write(key string, e Entry) error {
 	if _, err := p.records.do(recordReq{key: key, e: e}); err != nil {
 		return err
 	}
-	p.mu.Lock()
-	if p.unsaved[key] == e {
-		delete(p.unsaved, key)
-	}
-	delete(p.held, key)
-	p.mu.Unlock()
+	p.forget(key, e)
 	return nil
 }
 
@@ -519,31 +598,51 @@ func (p *Postgres) MarkPublished(key string) error {
 	return nil
 }
 
-// markInterval is how often marks are written.
+// markInterval is how often marks and unsaved entries are written, and
+// how soon a failed renewal is tried again.
 const markInterval = 200 * time.Millisecond
 
-// renew keeps the claims this process holds alive, writes the entries
-// whose Record failed, and writes the published marks, until Close.
+// renew keeps the claims this process holds alive, every third of the
+// lease and, after a failure, every markInterval, until Close. It runs
+// apart from flush, so that writing entries never delays a renewal.
 func (p *Postgres) renew() {
-	defer close(p.done)
-	marks := time.NewTicker(markInterval)
-	defer marks.Stop()
-	leases := time.NewTicker(p.cfg.Lease / 3)
-	defer leases.Stop()
+	defer p.wg.Done()
+	t := time.NewTimer(p.cfg.Lease / 3)
+	defer t.Stop()
 	for {
 		select {
 		case <-p.stop:
 			return
-		case <-marks.C:
-			p.flush()
-		case <-leases.C:
-			p.renewLeases()
+		case <-t.C:
+		}
+		next := p.cfg.Lease / 3
+		if err := p.renewLeases(); err != nil {
+			next = markInterval
+		}
+		t.Reset(next)
+	}
+}
+
+// flushLoop writes the unsaved entries, the published marks and the
+// failed releases every markInterval, until Close.
+func (p *Postgres) flushLoop() {
+	defer p.wg.Done()
+	t := time.NewTicker(markInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			_ = p.flush()
 		}
 	}
 }
 
-// renewLeases extends every claim this process holds, in one statement.
-func (p *Postgres) renewLeases() {
+// renewLeases extends every claim this process holds, in one statement
+// that locks the rows in key order, as claims do, so that it never
+// deadlocks with another instance's claims.
+func (p *Postgres) renewLeases() error {
 	p.mu.Lock()
 	keys := make([]string, 0, len(p.held)+len(p.unsaved))
 	for k := range p.held {
@@ -554,43 +653,102 @@ func (p *Postgres) renewLeases() {
 	}
 	p.mu.Unlock()
 	if len(keys) == 0 {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
 	defer cancel()
-	// Best effort: the next tick tries again, well within the lease.
-	_, _ = p.pool.Exec(ctx, `UPDATE eventrouter_ledger SET lease_until = now() + make_interval(secs => $3)
-		WHERE owner = $1 AND sent_at IS NULL AND key = ANY($2)`, p.owner, keys, p.cfg.Lease.Seconds())
+	return retryDeadlock(func() error {
+		_, err := p.pool.Exec(ctx, `UPDATE eventrouter_ledger l SET lease_until = now() + make_interval(secs => $3)
+			FROM (SELECT key FROM eventrouter_ledger WHERE owner = $1 AND sent_at IS NULL AND key = ANY($2)
+				ORDER BY key FOR UPDATE) s
+			WHERE l.key = s.key`, p.owner, keys, p.cfg.Lease.Seconds())
+		return err
+	})
 }
 
-// flush writes the unsaved entries, then the published marks; what fails
-// stays for the next flush.
+// flush writes the unsaved entries in one statement, then the published
+// marks, then retries the releases that failed; what fails stays for the
+// next flush. An entry the server refuses outright is dropped: it can
+// never be written.
 func (p *Postgres) flush() error {
 	p.mu.Lock()
-	entries := maps.Clone(p.unsaved)
-	keys := slices.Collect(maps.Keys(p.published))
+	var entries []recordReq
+	for k, e := range p.unsaved {
+		entries = append(entries, recordReq{key: k, e: e})
+	}
+	marks := slices.Sorted(maps.Keys(p.published))
+	releases := slices.Collect(maps.Keys(p.releases))
 	p.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
-	defer cancel()
 	var errs []error
-	for key, e := range entries {
-		if err := p.write(key, e); err != nil {
-			errs = append(errs, fmt.Errorf("ledger record %s: %w", key, err))
+	if len(entries) > 0 {
+		_, perEntry, err := p.recordBatch(entries)
+		for i, r := range entries {
+			e := err
+			if e == nil {
+				e = perEntry[i]
+			}
+			switch {
+			case e == nil:
+				p.forget(r.key, r.e)
+			case dataError(e):
+				p.forget(r.key, r.e)
+				errs = append(errs, fmt.Errorf("ledger record %s, refused: %w", r.key, e))
+			default:
+				errs = append(errs, fmt.Errorf("ledger record %s: %w", r.key, e))
+			}
 		}
 	}
-	if len(keys) > 0 {
-		if _, err := p.pool.Exec(ctx, "UPDATE eventrouter_ledger SET published = true WHERE key = ANY($1) AND sent_at IS NOT NULL",
-			keys); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+	defer cancel()
+	if len(marks) > 0 {
+		err := retryDeadlock(func() error {
+			_, err := p.pool.Exec(ctx, `UPDATE eventrouter_ledger l SET published = true
+				FROM (SELECT key FROM eventrouter_ledger WHERE key = ANY($1) AND sent_at IS NOT NULL AND NOT published
+					ORDER BY key FOR UPDATE) s
+				WHERE l.key = s.key`, marks)
+			return err
+		})
+		if err != nil {
 			errs = append(errs, fmt.Errorf("ledger mark published: %w", err))
 		} else {
 			p.mu.Lock()
-			for _, k := range keys {
+			for _, k := range marks {
 				delete(p.published, k)
 			}
 			p.mu.Unlock()
 		}
 	}
+	for _, key := range releases {
+		// The key's lock keeps a new claim of this process from being
+		// deleted with the old one; a key in use now is left for later.
+		lctx, lcancel := context.WithTimeout(ctx, 10*time.Millisecond)
+		unlock, err := p.locks.lock(lctx, key)
+		lcancel()
+		if err != nil {
+			continue
+		}
+		p.mu.Lock()
+		_, again := p.held[key]
+		p.mu.Unlock()
+		if again || p.deleteClaim(key) == nil {
+			p.mu.Lock()
+			delete(p.releases, key)
+			p.mu.Unlock()
+		}
+		unlock()
+	}
 	return errors.Join(errs...)
+}
+
+// forget drops an unsaved entry once it is written (or can never be), and
+// its claim.
+func (p *Postgres) forget(key string, e Entry) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.unsaved[key] == e {
+		delete(p.unsaved, key)
+	}
+	delete(p.held, key)
 }
 
 // Ping checks that the database answers, within ctx.
@@ -598,14 +756,35 @@ func (p *Postgres) Ping(ctx context.Context) error {
 	return p.pool.Ping(ctx)
 }
 
-// Close writes pending entries and marks, and closes the pool. Claims
-// still held run out with their leases.
+// Close writes pending entries and marks, and closes the pool. Entries
+// whose Record failed are tried, and their claims renewed, for up to half
+// a lease; one still unwritten then is lost, its claim runs out, and
+// another instance sends its side effect again: the error says how many.
+// Claims still held run out with their leases. Close may be called more
+// than once.
 func (p *Postgres) Close() error {
-	close(p.stop)
-	<-p.done
-	err := p.flush()
-	p.claims.close()
-	p.records.close()
-	p.pool.Close()
+	var err error
+	p.closeOnce.Do(func() {
+		close(p.stop)
+		p.wg.Wait()
+		deadline := time.Now().Add(p.cfg.Lease / 2)
+		for {
+			err = p.flush()
+			p.mu.Lock()
+			left := len(p.unsaved)
+			p.mu.Unlock()
+			if left == 0 || time.Now().After(deadline) {
+				if left > 0 {
+					err = fmt.Errorf("%d ledger entries of side effects that happened could not be written; another instance may repeat them: %w", left, err)
+				}
+				break
+			}
+			_ = p.renewLeases()
+			time.Sleep(markInterval)
+		}
+		p.claims.close()
+		p.records.close()
+		p.pool.Close()
+	})
 	return err
 }

@@ -188,3 +188,113 @@ func TestDatabaseFailureIsAnOutage(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A database outage longer than the lease lets no claim of a live owner go:
+// the restarted server gives every owner a whole lease to renew.
+func TestOutageLongerThanTheLeaseKeepsClaims(t *testing.T) {
+	dsn, stopDB, startDB := pgtest.Private(t)
+	const lease = 3 * time.Second
+	a := openPostgres(t, dsn, lease)
+	defer a.Close()
+	b := openPostgres(t, dsn, lease)
+	defer b.Close()
+	ctx := context.Background()
+	_, _, release, err := a.Claim(ctx, "welcome/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopDB()
+	down := time.Now()
+	// Longer than the lease: every lease_until is in the past when the
+	// server is back.
+	for time.Since(down) < lease+time.Second {
+		time.Sleep(100 * time.Millisecond)
+	}
+	startDB()
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, found, releaseB, err := b.Claim(wctx, "welcome/1")
+	if err == nil {
+		releaseB()
+		t.Fatalf("Claim right after the outage = found %v; want it to wait for the live owner", found)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Claim right after the outage = %v; want it to wait until the deadline", err)
+	}
+	if err := a.Record(ctx, "welcome/1", ledger.Entry{EventID: "t/0/1", SentAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	e, found, releaseB, err := b.Claim(ctx, "welcome/1")
+	if err != nil || !found || e.EventID != "t/0/1" {
+		t.Fatalf("Claim once the owner recorded = %+v, %v, %v; want a's entry", e, found, err)
+	}
+	releaseB()
+}
+
+// Close with the database gone tries the unwritten entries for half a
+// lease, then says how many side effects another instance may repeat; a
+// closed ledger refuses calls without panicking.
+func TestCloseReportsUnwrittenEntries(t *testing.T) {
+	dsn, stopDB, _ := pgtest.Private(t)
+	l := openPostgres(t, dsn, 3*time.Second)
+	ctx := context.Background()
+	_, _, release, err := l.Claim(ctx, "welcome/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopDB()
+	if err := l.Record(ctx, "welcome/1", ledger.Entry{EventID: "t/0/1", SentAt: time.Now()}); !retry.IsUnavailable(err) {
+		t.Errorf("Record with the database down = %v; want retry.Unavailable", err)
+	}
+	release()
+	if err := l.Close(); err == nil || !strings.Contains(err.Error(), "1 ledger entries") {
+		t.Errorf("Close with an unwritten entry = %v; want it to say 1 entry could not be written", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("second Close = %v; want nil", err)
+	}
+	if _, _, _, err := l.Claim(ctx, "welcome/2"); err == nil {
+		t.Error("Claim on a closed ledger = nil; want an error")
+	}
+}
+
+// A value the server refuses is the record's own fault: permanent, and it
+// fails only its own call, not the others grouped with it.
+func TestRefusedEntryFailsAlone(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	l := openPostgres(t, dsn, time.Minute)
+	defer l.Close()
+	ctx := context.Background()
+	const n = 32
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			key := fmt.Sprintf("welcome/%d", i)
+			_, _, release, err := l.Claim(ctx, key)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer release()
+			addr := fmt.Sprintf("user%d@example.com", i)
+			if i == 7 {
+				addr = "nul\x00@example.com" // text holds no NUL
+			}
+			errs[i] = l.Record(ctx, key, ledger.Entry{EventID: key, Address: addr, SentAt: time.Now()})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		switch {
+		case i == 7 && !retry.IsPermanent(err):
+			t.Errorf("Record of an address with a NUL = %v; want a permanent error", err)
+		case i != 7 && err != nil:
+			t.Errorf("Record %d = %v; want nil", i, err)
+		}
+	}
+	if got := pgtest.QueryInt(t, dsn, "SELECT count(*) FROM eventrouter_ledger WHERE sent_at IS NOT NULL"); got != n-1 {
+		t.Errorf("%d entries written; want %d", got, n-1)
+	}
+}
