@@ -322,6 +322,11 @@ func (b *bench) runAll(ctx context.Context) (Results, error) {
 		var rows []Row
 		for _, s := range sides {
 			row := Row{Name: s.name, Note: s.note}
+			if b.o.only != "" && !strings.Contains(s.name, b.o.only) {
+				row.Note = "skipped: not in --only " + b.o.only
+				rows = append(rows, row)
+				continue
+			}
 			for i := 0; i < b.o.repeats; i++ {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
@@ -357,6 +362,9 @@ func (b *bench) runAll(ctx context.Context) (Results, error) {
 	}
 	if res.Publish, err = measure(publish); err != nil {
 		return res, err
+	}
+	if b.o.only != "" {
+		return res, nil
 	}
 	if res.Latency, err = b.latency(ctx); err != nil {
 		return res, fmt.Errorf("latency: %w", err)

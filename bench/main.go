@@ -35,6 +35,7 @@ type options struct {
 	latencyFor time.Duration
 	out        string
 	cpuProfile string
+	only       string
 }
 
 func run() int {
@@ -52,6 +53,7 @@ func run() int {
 	flag.DurationVar(&o.latencyFor, "latency-duration", 10*time.Second, "length of the latency run")
 	flag.StringVar(&o.out, "out", "bench", "directory for results.json and results.png")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of an in-process end-to-end router run to this file")
+	flag.StringVar(&o.only, "only", "", "measure only the consume and publish sides whose name contains this, such as \"PostgreSQL\" (ratios to skipped sides are 0)")
 	report := flag.String("report", "", "print the table and redraw the chart of an earlier results.json, without measuring")
 	flag.Parse()
 	if *report != "" {

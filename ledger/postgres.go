@@ -116,6 +116,11 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 		pcfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.StatementTimeout.Milliseconds(), 10)
 	}
 	pcfg.ConnConfig.RuntimeParams["application_name"] = "eventrouter"
+	// pgx prepares each statement once per connection, and PostgreSQL
+	// then plans it once for all parameters: a plan made while the table
+	// was new and empty scans the whole table for every key once it is
+	// large. Planning each execution keeps the primary-key lookups.
+	pcfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("ledger.postgres: %w", err)
