@@ -231,14 +231,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 	}
 
-	if c, ok := d.notifier.(io.Closer); ok {
-		// Closed when Run returns, once the router is closed.
-		defer func() {
-			if err := c.Close(); err != nil {
-				d.logger.Error("close notifier", "err", err)
-			}
-		}()
-	}
 	l, err := d.openLedger(ctx)
 	if err != nil {
 		return err
@@ -248,6 +240,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.logger.Error("close ledger", "err", err)
 		}
 	}()
+	if c, ok := d.notifier.(io.Closer); ok {
+		// Closed when Run returns, once the router is closed, and before
+		// the ledger: a send still under way then is recorded.
+		defer func() {
+			if err := c.Close(); err != nil {
+				d.logger.Error("close notifier", "err", err)
+			}
+		}()
+	}
 	deps := d.deps
 	deps.Ledger = timedLedger{Ledger: l, seconds: d.metrics.ledgerRecord}
 	deps.Logger = d.logger

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -79,6 +80,9 @@ type Postgres struct {
 	owner string
 
 	locks keyLocks
+	// troubleAt is when a statement last failed, or when the ledger
+	// opened, in Unix nanoseconds (see mayTakeOver).
+	troubleAt atomic.Int64
 	// claims and records group the statements of concurrent handlers.
 	claims  *batcher[string, claimRow]
 	records *batcher[recordReq, struct{}]
@@ -143,6 +147,8 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	workers := max(1, int(pool.Config().MaxConns)/4)
 	p.claims = newBatcher(workers, maxBatch, p.claimBatch)
 	p.records = newBatcher(workers, maxBatch, p.recordBatch)
+	// A new instance has not seen the database for a lease yet.
+	p.troubleAt.Store(time.Now().UnixNano())
 	p.wg.Add(2)
 	go p.renew()
 	go p.flushLoop()
@@ -255,7 +261,11 @@ func CheckPostgres(ctx context.Context, dsn string) (version int, err error) {
 // one statement: for each key it inserts the claim, or takes over a claim
 // whose lease ran out, or renews the owner's own. A server that restarted
 // less than a lease ago lets no lease run out: its outage kept every owner
-// from renewing, and each gets a whole lease to come back. The first branch of the
+// from renewing, and each gets a whole lease to come back. $4 says the
+// same from the caller's side: false while the caller itself failed to
+// reach the database less than a lease ago (a failover, a network or
+// pooler outage that the server's start time does not show), when the
+// owners of lapsed leases may be as cut off as it was. The first branch of the
 // UNION returns the keys whose claim is the caller's; the second returns
 // the others' rows as they are (recorded, or another live owner's). A key
 // whose row a concurrent claim committed mid-statement is in neither, and
@@ -270,7 +280,7 @@ WITH claimed AS (
 		    claimed_at = now(),
 		    takeovers = l.takeovers + CASE WHEN l.owner IS DISTINCT FROM EXCLUDED.owner THEN 1 ELSE 0 END
 		WHERE l.sent_at IS NULL AND (l.owner = EXCLUDED.owner OR l.lease_until IS NULL OR
-			(l.lease_until < now() AND pg_postmaster_start_time() < now() - make_interval(secs => $3)))
+			(l.lease_until < now() AND $4 AND pg_postmaster_start_time() < now() - make_interval(secs => $3)))
 	RETURNING l.key, true, l.event_id, l.channel, l.address, l.sent_at, l.published,
 		extract(epoch FROM l.lease_until - now())::float8
 )
@@ -308,22 +318,10 @@ type claimRow struct {
 const maxBatch = 256
 
 // claimBatch runs claimSQL for keys. A key asked twice in one batch is
-// claimed once, for both: the statement may touch a row only once. When
-// the batch fails on a key's own fault (a data error), every key is asked
-// alone, so that one bad key fails only its own call.
+// claimed once, for both: the statement may touch a row only once.
 func (p *Postgres) claimBatch(keys []string) ([]claimRow, []error, error) {
 	rows, err := p.claimKeys(keys)
-	if err == nil || !dataError(err) || len(keys) == 1 {
-		return rows, make([]error, len(keys)), err
-	}
-	rows, errs := make([]claimRow, len(keys)), make([]error, len(keys))
-	for i, k := range keys {
-		var one []claimRow
-		if one, errs[i] = p.claimKeys([]string{k}); errs[i] == nil {
-			rows[i] = one[0]
-		}
-	}
-	return rows, errs, nil
+	return rows, make([]error, len(keys)), err
 }
 
 func (p *Postgres) claimKeys(keys []string) ([]claimRow, error) {
@@ -332,7 +330,7 @@ func (p *Postgres) claimKeys(keys []string) ([]claimRow, error) {
 	distinct := slices.Compact(slices.Sorted(slices.Values(keys)))
 	var out []claimRow
 	err := retryDeadlock(func() error {
-		rows, err := p.pool.Query(ctx, claimSQL, distinct, p.owner, p.cfg.Lease.Seconds())
+		rows, err := p.pool.Query(ctx, claimSQL, distinct, p.owner, p.cfg.Lease.Seconds(), p.mayTakeOver())
 		if err != nil {
 			return err
 		}
@@ -353,7 +351,29 @@ func (p *Postgres) claimKeys(keys []string) ([]claimRow, error) {
 		}
 		return nil
 	})
-	return out, err
+	return out, p.trouble(err)
+}
+
+// storable returns s as PostgreSQL text can hold it: valid UTF-8, without
+// NUL characters.
+func storable(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+}
+
+// mayTakeOver reports whether this instance has reached the database
+// without a failure for a whole lease: only then can a lapsed lease be
+// told from an owner that was as cut off as this instance.
+func (p *Postgres) mayTakeOver() bool {
+	return time.Since(time.Unix(0, p.troubleAt.Load())) >= p.cfg.Lease
+}
+
+// trouble notes a statement that failed for another reason than its
+// values, and returns err.
+func (p *Postgres) trouble(err error) error {
+	if err != nil && !dataError(err) {
+		p.troubleAt.Store(time.Now().UnixNano())
+	}
+	return err
 }
 
 // dataError reports whether err is the server refusing a value (SQL
@@ -371,18 +391,11 @@ type recordReq struct {
 
 // recordBatch runs recordSQL for reqs. Of a key written twice in one
 // batch (a handler's Record and the renewer's retry of it) the last entry
-// is sent: the statement may touch a row only once. When the batch fails
-// on an entry's own fault, each entry is written alone.
+// is sent: the statement may touch a row only once. Entries hold only
+// text the server takes (see Record), so no entry fails the others.
 func (p *Postgres) recordBatch(reqs []recordReq) ([]struct{}, []error, error) {
 	err := p.recordEntries(reqs)
-	if err == nil || !dataError(err) || len(reqs) == 1 {
-		return make([]struct{}, len(reqs)), make([]error, len(reqs)), err
-	}
-	errs := make([]error, len(reqs))
-	for i, r := range reqs {
-		errs[i] = p.recordEntries([]recordReq{r})
-	}
-	return make([]struct{}, len(reqs)), errs, nil
+	return make([]struct{}, len(reqs)), make([]error, len(reqs)), err
 }
 
 func (p *Postgres) recordEntries(reqs []recordReq) error {
@@ -398,10 +411,10 @@ func (p *Postgres) recordEntries(reqs []recordReq) error {
 		keys, events, channels, addresses = append(keys, k), append(events, e.EventID), append(channels, e.Channel), append(addresses, e.Address)
 		sent = append(sent, e.SentAt)
 	}
-	return retryDeadlock(func() error {
+	return p.trouble(retryDeadlock(func() error {
 		_, err := p.pool.Exec(ctx, recordSQL, keys, events, channels, addresses, sent)
 		return err
-	})
+	}))
 }
 
 // retryDeadlock runs f again when the server chose its transaction as a
@@ -471,6 +484,7 @@ func (p *Postgres) Claim(ctx context.Context, key string) (e Entry, found bool, 
 		if mine {
 			p.mu.Lock()
 			p.held[key]++
+			delete(p.releases, key)
 			p.mu.Unlock()
 			return Entry{}, false, p.releaser(key, unlock), nil
 		}
@@ -556,7 +570,9 @@ func (p *Postgres) fail(ctx context.Context, what string, err error) error {
 	err = fmt.Errorf("ledger %s: %w", what, err)
 	switch {
 	case ctx.Err() != nil:
-		return err
+		// The caller's cancellation, so that the record is not poisoned:
+		// it comes again after the restart or the rebalance.
+		return fmt.Errorf("%w: %w", ctx.Err(), err)
 	case dataError(err):
 		return retry.Permanent(err)
 	}
@@ -572,6 +588,9 @@ func (p *Postgres) Record(ctx context.Context, key string, e Entry) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}
+	// The side effect happened: nothing in its entry may make the write
+	// fail now. PostgreSQL text holds valid UTF-8 without NUL.
+	e.EventID, e.Channel, e.Address = storable(e.EventID), storable(e.Channel), storable(e.Address)
 	e.Unsaved = true
 	p.mu.Lock()
 	p.unsaved[key] = e
@@ -620,9 +639,12 @@ func (p *Postgres) renew() {
 			return
 		case <-t.C:
 		}
-		next := p.cfg.Lease / 3
-		if err := p.renewLeases(); err != nil {
-			next = markInterval
+		// The next renewal is due a third of a lease after this one
+		// started, as the leases it grants count from then.
+		start := time.Now()
+		next := markInterval
+		if err := p.renewLeases(); err == nil {
+			next = time.Until(start.Add(p.cfg.Lease / 3))
 		}
 		t.Reset(next)
 	}
@@ -657,18 +679,20 @@ func (p *Postgres) renewLeases() error {
 		keys = append(keys, k)
 	}
 	p.mu.Unlock()
-	if len(keys) == 0 {
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
 	defer cancel()
-	return retryDeadlock(func() error {
+	if len(keys) == 0 {
+		// Holding nothing, it still asks: an outage it did not notice
+		// would let it take over claims whose owners were cut off too.
+		return p.trouble(p.pool.Ping(ctx))
+	}
+	return p.trouble(retryDeadlock(func() error {
 		_, err := p.pool.Exec(ctx, `UPDATE eventrouter_ledger l SET lease_until = now() + make_interval(secs => $3)
 			FROM (SELECT key FROM eventrouter_ledger WHERE owner = $1 AND sent_at IS NULL AND key = ANY($2)
 				ORDER BY key FOR UPDATE) s
 			WHERE l.key = s.key`, p.owner, keys, p.cfg.Lease.Seconds())
 		return err
-	})
+	}))
 }
 
 // flush writes the unsaved entries in one statement, then the published
@@ -734,8 +758,11 @@ func (p *Postgres) flush() error {
 		}
 		p.mu.Lock()
 		_, again := p.held[key]
+		_, sent := p.unsaved[key]
 		p.mu.Unlock()
-		if again || p.deleteClaim(key) == nil {
+		// Claimed again since, or sent since: the row is no longer the
+		// released claim.
+		if again || sent || p.deleteClaim(key) == nil {
 			p.mu.Lock()
 			delete(p.releases, key)
 			p.mu.Unlock()
@@ -761,12 +788,13 @@ func (p *Postgres) Ping(ctx context.Context) error {
 	return p.pool.Ping(ctx)
 }
 
-// Close writes pending entries and marks, and closes the pool. Entries
-// whose Record failed are tried, and their claims renewed, for up to half
-// a lease; one still unwritten then is lost, its claim runs out, and
-// another instance sends its side effect again: the error says how many.
-// Claims still held run out with their leases. Close may be called more
-// than once.
+// Close writes pending entries and marks, and closes the pool. It waits
+// for up to half a lease, renewing their claims, for entries whose Record
+// failed to be written and for claims still held to be recorded or
+// released (a handler the router stopped waiting for may still finish
+// its send). What is left then is lost: its claim runs out, and another
+// instance may repeat its side effect; the error says how many. Close may
+// be called more than once.
 func (p *Postgres) Close() error {
 	var err error
 	p.closeOnce.Do(func() {
@@ -776,11 +804,12 @@ func (p *Postgres) Close() error {
 		for {
 			err = p.flush()
 			p.mu.Lock()
-			left := len(p.unsaved)
+			unsaved, held := len(p.unsaved), len(p.held)
 			p.mu.Unlock()
-			if left == 0 || time.Now().After(deadline) {
-				if left > 0 {
-					err = fmt.Errorf("%d ledger entries of side effects that happened could not be written; another instance may repeat them: %w", left, err)
+			if unsaved+held == 0 || time.Now().After(deadline) {
+				if unsaved+held > 0 {
+					err = fmt.Errorf("%d ledger entries of side effects that happened could not be written, and %d claims were still held; "+
+						"another instance may repeat them: %w", unsaved, held, err)
 				}
 				break
 			}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,9 +70,10 @@ func TestDeadOwnersClaimIsTakenOver(t *testing.T) {
 	if _, _, _, err := a.Claim(context.Background(), "welcome/1"); err != nil {
 		t.Fatal(err)
 	}
-	// Close stops the renewals and leaves the claim, as a SIGKILL does.
-	if err := a.Close(); err != nil {
-		t.Fatal(err)
+	// Close stops the renewals and leaves the claim, as a SIGKILL does;
+	// it says so.
+	if err := a.Close(); err == nil || !strings.Contains(err.Error(), "1 claims were still held") {
+		t.Fatalf("Close with a claim held = %v; want it to say so", err)
 	}
 	b := openPostgres(t, dsn, time.Second)
 	defer b.Close()
@@ -259,42 +263,141 @@ func TestCloseReportsUnwrittenEntries(t *testing.T) {
 	}
 }
 
-// A value the server refuses is the record's own fault: permanent, and it
-// fails only its own call, not the others grouped with it.
-func TestRefusedEntryFailsAlone(t *testing.T) {
+// Whatever an entry holds, its write cannot fail once the side effect
+// happened: text PostgreSQL refuses (a NUL) is made storable.
+func TestEntryTextIsStorable(t *testing.T) {
 	dsn := pgtest.DSN(t)
 	l := openPostgres(t, dsn, time.Minute)
 	defer l.Close()
 	ctx := context.Background()
-	const n = 32
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			key := fmt.Sprintf("welcome/%d", i)
-			_, _, release, err := l.Claim(ctx, key)
+	_, _, release, err := l.Claim(ctx, "welcome/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if err := l.Record(ctx, "welcome/1", ledger.Entry{EventID: "t/0/\xff1", Address: "nul\x00@example.com", SentAt: time.Now()}); err != nil {
+		t.Fatalf("Record of an entry with a NUL and invalid UTF-8 = %v; want nil", err)
+	}
+	if n := pgtest.QueryInt(t, dsn, "SELECT count(*) FROM eventrouter_ledger WHERE address = 'nul@example.com' AND event_id = 't/0/\uFFFD1'"); n != 1 {
+		t.Errorf("stored entries with the cleaned text: %d; want 1", n)
+	}
+}
+
+// proxy forwards TCP connections to a server, and can cut them all, as a
+// network outage between an instance and its database does.
+type proxy struct {
+	t      *testing.T
+	target string
+	addr   string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	p := &proxy{t: t, target: target}
+	p.listen("127.0.0.1:0")
+	t.Cleanup(p.down)
+	return p
+}
+
+func (p *proxy) listen(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.ln, p.addr = ln, ln.Addr().String()
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
 			if err != nil {
-				errs[i] = err
 				return
 			}
-			defer release()
-			addr := fmt.Sprintf("user%d@example.com", i)
-			if i == 7 {
-				addr = "nul\x00@example.com" // text holds no NUL
+			s, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
 			}
-			errs[i] = l.Record(ctx, key, ledger.Entry{EventID: key, Address: addr, SentAt: time.Now()})
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		switch {
-		case i == 7 && !retry.IsPermanent(err):
-			t.Errorf("Record of an address with a NUL = %v; want a permanent error", err)
-		case i != 7 && err != nil:
-			t.Errorf("Record %d = %v; want nil", i, err)
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(s, c); s.Close() }()
+			go func() { _, _ = io.Copy(c, s); c.Close() }()
 		}
+	}()
+}
+
+// down closes the listener and every connection through it.
+func (p *proxy) down() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
 	}
-	if got := pgtest.QueryInt(t, dsn, "SELECT count(*) FROM eventrouter_ledger WHERE sent_at IS NOT NULL"); got != n-1 {
-		t.Errorf("%d entries written; want %d", got, n-1)
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// up listens again on the same address.
+func (p *proxy) up() { p.listen(p.addr) }
+
+// via returns dsn pointed at the proxy.
+func (p *proxy) via(t *testing.T, dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = p.addr
+	return u.String()
+}
+
+// A network outage longer than the lease, with the server up all along:
+// the instance that was cut off does not take over the lapsed claims of
+// owners that were cut off with it, before they could renew.
+func TestNetworkOutageLongerThanTheLeaseKeepsClaims(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lease = 3 * time.Second
+	pa, pb := newProxy(t, u.Host), newProxy(t, u.Host)
+	a := openPostgres(t, pa.via(t, dsn), lease)
+	defer a.Close()
+	b := openPostgres(t, pb.via(t, dsn), lease)
+	defer b.Close()
+	ctx := context.Background()
+	_, _, release, err := a.Claim(ctx, "welcome/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	pa.down()
+	pb.down()
+	down := time.Now()
+	for time.Since(down) < lease+time.Second {
+		time.Sleep(100 * time.Millisecond)
+	}
+	// b comes back first; a a moment later, as reconnects go.
+	pb.up()
+	wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if _, _, rel, err := b.Claim(wctx, "welcome/1"); err == nil {
+		rel()
+		t.Fatal("b took over a's lapsed claim right after an outage both had")
+	}
+	pa.up()
+	wctx2, cancel2 := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel2()
+	if _, _, rel, err := b.Claim(wctx2, "welcome/1"); !errors.Is(err, context.DeadlineExceeded) {
+		if err == nil {
+			rel()
+		}
+		t.Fatalf("Claim once a is back = %v; want it to wait for a, which renews", err)
 	}
 }
