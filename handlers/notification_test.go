@@ -152,7 +152,7 @@ func (b *brokenLedger) Claim(_ context.Context, key string) (ledger.Entry, bool,
 	return e, ok, func() {}, nil
 }
 
-func (b *brokenLedger) Record(key string, e ledger.Entry) error {
+func (b *brokenLedger) Record(_ context.Context, key string, e ledger.Entry) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e.Unsaved = b.failures > 0
