@@ -27,14 +27,21 @@ const ScriptEnv = "EVENTROUTER_TEST_POSTGRES_SCRIPT"
 // none is configured (fails it under CI=true, where every test runs).
 func ServerDSN(t testing.TB) string {
 	t.Helper()
-	dsn := os.Getenv(DSNEnv)
-	if dsn == "" {
+	return need(t, DSNEnv, "scripts/test.sh starts PostgreSQL and sets it")
+}
+
+// need returns the variable env, or, when it is empty, skips the test
+// (fails it under CI=true, where every test runs), saying how to set it.
+func need(t testing.TB, env, how string) string {
+	t.Helper()
+	v := os.Getenv(env)
+	if v == "" {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not set; CI runs every ledger test on a real PostgreSQL server (make test starts one)", DSNEnv)
+			t.Fatalf("%s is not set; CI runs every test on a real PostgreSQL server: %s", env, how)
 		}
-		t.Skipf("%s is not set; scripts/test.sh starts PostgreSQL and sets it", DSNEnv)
+		t.Skipf("%s is not set; %s", env, how)
 	}
-	return dsn
+	return v
 }
 
 // DSN creates a schema of the test's own and returns a connection string
@@ -102,13 +109,7 @@ func connect(t testing.TB, dsn string) *pgx.Conn {
 // skips the test (fails it under CI=true).
 func Private(t testing.TB) (dsn string, stop, start func()) {
 	t.Helper()
-	script := os.Getenv(ScriptEnv)
-	if script == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not set; make test sets it to scripts/postgres.sh", ScriptEnv)
-		}
-		t.Skipf("%s is not set; make test sets it to scripts/postgres.sh", ScriptEnv)
-	}
+	script := need(t, ScriptEnv, "make test sets it to scripts/postgres.sh")
 	// Not t.TempDir: the server runs as the postgres user when the tests
 	// run as root, and must reach its directory.
 	dir, err := os.MkdirTemp("", "eventrouter-pgtest-")
