@@ -31,6 +31,8 @@ Usage:
   eventrouter run [--config FILE]        run the router daemon
   eventrouter publish [flags] [EVENT]    publish EVENT, or one event per line of stdin
   eventrouter replay [flags] POISON_TOPIC   send poisoned records back to the topic they failed on
+  eventrouter rewind ROUTE --to-time TIME | --by-duration D | --to-earliest | --to-offset N --partition P [--dry-run] [--yes]
+                                         handle a route's past records again, from a time or an offset
   eventrouter config check [--live] [FILE | --config FILE]
                                          validate a configuration (and, with --live, its brokers and topics)
 
@@ -64,6 +66,8 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return publishCommand(ctx, args[1:], env)
 	case "replay":
 		return replayCommand(ctx, args[1:], env)
+	case "rewind":
+		return rewindCommand(ctx, args[1:], env)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--live] [FILE | --config FILE]\n")

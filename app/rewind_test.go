@@ -1,0 +1,242 @@
+package app_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/record"
+)
+
+// offsetsSeen counts the records a route's handler saw, by partition and
+// offset.
+type offsetsSeen struct {
+	mu   sync.Mutex
+	seen map[string]int
+	n    int
+}
+
+func (o *offsetsSeen) registry() map[string]handlers.Spec {
+	reg := handlers.Registry()
+	spec := reg["notification"]
+	inner := spec.New
+	spec.New = func(d handlers.Deps) message.HandlerFunc {
+		h := inner(d)
+		return func(msg *message.Message) ([]*message.Message, error) {
+			out, err := h(msg)
+			if err == nil {
+				if origin, ok := record.OriginFrom(msg.Context()); ok {
+					o.mu.Lock()
+					o.seen[fmt.Sprintf("%d/%d", origin.Partition, origin.Offset)]++
+					o.n++
+					o.mu.Unlock()
+				}
+			}
+			return out, err
+		}
+	}
+	reg["notification"] = spec
+	return reg
+}
+
+func (o *offsetsSeen) total() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n
+}
+
+func (o *offsetsSeen) times(partition int32, offset int64) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.seen[fmt.Sprintf("%d/%d", partition, offset)]
+}
+
+// produceAt writes records with the given timestamp to one partition, and
+// returns their offsets.
+func produceAt(t *testing.T, brokers []string, topic string, partition int32, at time.Time, recs []kafkatest.Record) []int64 {
+	t.Helper()
+	cfg := kafkatest.Config()
+	cfg.Producer.Return.Successes = true
+	cfg.Producer.Partitioner = sarama.NewManualPartitioner
+	p, err := sarama.NewSyncProducer(brokers, cfg)
+	if err != nil {
+		t.Fatalf("producer: %v", err)
+	}
+	defer p.Close()
+	var offsets []int64
+	for _, r := range recs {
+		_, off, err := p.SendMessage(&sarama.ProducerMessage{Topic: topic, Partition: partition, Timestamp: at,
+			Key: sarama.ByteEncoder(r.Key), Value: sarama.ByteEncoder(r.Value)})
+		if err != nil {
+			t.Fatalf("produce to %s/%d: %v", topic, partition, err)
+		}
+		offsets = append(offsets, off)
+	}
+	return offsets
+}
+
+// writeRouteConfig writes a config file with cfg's brokers and route r,
+// for the commands.
+func writeRouteConfig(t *testing.T, brokers []string, r route) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "eventrouter.yaml")
+	raw := fmt.Sprintf("kafka:\n  brokers: [%s]\n%s", strings.Join(brokers, ","), r.yaml())
+	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestRewindByTime handles three batches with known timestamps, rewinds
+// the route to the second batch's time, and checks that exactly the second
+// and third batches are handled again, and that the ledger sends no
+// second email.
+func TestRewindByTime(t *testing.T) {
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		const perBatch = 10
+		r := newRoute()
+		kafkatest.CreateTopic(t, k.Brokers, r.in, 2)
+		base := time.Now().Add(-3 * time.Hour).Truncate(time.Second)
+		type batch struct {
+			at      time.Time
+			offsets map[int32][]int64
+		}
+		var batches []batch
+		user := 0
+		for b := range 3 {
+			at := base.Add(time.Duration(b) * time.Hour)
+			bt := batch{at: at, offsets: map[int32][]int64{}}
+			for p := range int32(2) {
+				var recs []kafkatest.Record
+				for range perBatch / 2 {
+					recs = append(recs, event(user, userEmail(user)))
+					user++
+				}
+				bt.offsets[p] = produceAt(t, k.Brokers, r.in, p, at, recs)
+			}
+			batches = append(batches, bt)
+		}
+		const users = 3 * perBatch
+
+		seen := &offsetsSeen{seen: map[string]int{}}
+		notifier := &recorder{}
+		cfg := testConfig(t, k.Brokers, r, "")
+		d := startDaemon(t, cfg, app.Options{Notifier: notifier, Registry: seen.registry()})
+		waitFor(t, consumeTimeout, "every record handled", func() bool { return seen.total() >= users })
+		waitFor(t, consumeTimeout, "every offset committed", func() bool {
+			return committed(t, k.Brokers, r.group, r.in, 0) >= users/2 && committed(t, k.Brokers, r.group, r.in, 1) >= users/2
+		})
+		path := writeRouteConfig(t, k.Brokers, r)
+		second := batches[1].at.Format(time.RFC3339)
+
+		// While the daemon runs: the dry run prints the plan, and the
+		// rewind is refused, naming the member.
+		res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second, "--dry-run")
+		if res.code != app.ExitOK || !strings.Contains(res.stdout, "total") || !strings.Contains(res.stdout, "live member") {
+			t.Errorf("rewind --dry-run with the daemon running = %d %q %q; want 0, the plan and the live member", res.code, res.stdout, res.stderr)
+		}
+		res = runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second, "--yes")
+		if res.code != app.ExitError || !strings.Contains(res.stderr, "live member") || !strings.Contains(res.stderr, config.Defaults().Kafka.ClientID) {
+			t.Errorf("rewind with the daemon running = %d %q; want %d and the live member named", res.code, res.stderr, app.ExitError)
+		}
+		if err := d.stop(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, consumeTimeout, "the group to be empty", func() bool { return kafkatest.GroupStable(k.Brokers, r.group, r.in, 0) || groupEmpty(t, k.Brokers, r.group) })
+
+		// The dry run changes nothing.
+		before := []int64{committed(t, k.Brokers, r.group, r.in, 0), committed(t, k.Brokers, r.group, r.in, 1)}
+		res = runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second, "--dry-run")
+		wantTotal := fmt.Sprintf("total  %d", 2*perBatch)
+		if res.code != app.ExitOK || !strings.Contains(strings.Join(strings.Fields(res.stdout), "  "), strings.Join(strings.Fields(wantTotal), "  ")) {
+			t.Errorf("rewind --dry-run = %d %q %q; want 0 and %q", res.code, res.stdout, res.stderr, wantTotal)
+		}
+		after := []int64{committed(t, k.Brokers, r.group, r.in, 0), committed(t, k.Brokers, r.group, r.in, 1)}
+		if fmt.Sprint(before) != fmt.Sprint(after) {
+			t.Errorf("committed offsets after a dry run = %v; want them unchanged, %v", after, before)
+		}
+		// Without --yes and no answer: nothing changes.
+		if res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second); res.code != app.ExitError {
+			t.Errorf("rewind without --yes or an answer = %d; want %d", res.code, app.ExitError)
+		}
+		res = runMain(t, "y\n", nil, "rewind", "welcome", "--config", path, "--to-time", second)
+		if res.code != app.ExitOK {
+			t.Fatalf("rewind = %d %q %q; want 0", res.code, res.stdout, res.stderr)
+		}
+		for p := range int32(2) {
+			if got, want := committed(t, k.Brokers, r.group, r.in, p), batches[1].offsets[p][0]; got != want {
+				t.Errorf("partition %d committed at %d after the rewind; want %d, the second batch's first", p, got, want)
+			}
+		}
+
+		startDaemon(t, cfg, app.Options{Notifier: notifier, Registry: seen.registry()})
+		waitFor(t, consumeTimeout, "the second and third batches handled again", func() bool { return seen.total() >= users+2*perBatch })
+		waitFor(t, consumeTimeout, "every offset committed again", func() bool {
+			return committed(t, k.Brokers, r.group, r.in, 0) >= users/2 && committed(t, k.Brokers, r.group, r.in, 1) >= users/2
+		})
+		for b, bt := range batches {
+			want := 2
+			if b == 0 {
+				want = 1
+			}
+			for p, offs := range bt.offsets {
+				for _, off := range offs {
+					if n := seen.times(p, off); n != want {
+						t.Errorf("batch %d record %d/%d handled %d times; want %d", b+1, p, off, n, want)
+					}
+				}
+			}
+		}
+		if n := len(notifier.Sent()); n != users {
+			t.Errorf("%d emails after the rewind; want %d, one per user: the ledger has the rest", n, users)
+		}
+		fmt.Printf("rewind on %s: 3 batches of %d, rewound to the second: %d records handled, %d emails\n", k.Name, perBatch, seen.total(), len(notifier.Sent()))
+	})
+}
+
+// groupEmpty reports whether group has no member.
+func groupEmpty(t *testing.T, brokers []string, group string) bool {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin(brokers, kafkatest.Config())
+	if err != nil {
+		return false
+	}
+	defer admin.Close()
+	groups, err := admin.DescribeConsumerGroups([]string{group})
+	return err == nil && len(groups) == 1 && len(groups[0].Members) == 0
+}
+
+func TestRewindArguments(t *testing.T) {
+	path := writeRouteConfig(t, []string{"127.0.0.1:1"}, newRoute())
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no target", []string{"welcome"}, "give one of --to-time"},
+		{"two targets", []string{"welcome", "--to-earliest", "--by-duration", "1h"}, "got 2"},
+		{"offset without partition", []string{"welcome", "--to-offset", "3"}, "--to-offset and --partition go together"},
+		{"bad time", []string{"welcome", "--to-time", "yesterday"}, "not an RFC 3339 time"},
+		{"no route", []string{"--to-earliest"}, "name one route"},
+		{"unknown route", []string{"nope", "--to-earliest"}, `no route "nope"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := runMain(t, "", nil, append([]string{"rewind", "--config", path}, tt.args...)...)
+			if res.code != app.ExitUsage || !strings.Contains(res.stderr, tt.want) {
+				t.Errorf("rewind %v = %d %q; want %d and %q", tt.args, res.code, res.stderr, app.ExitUsage, tt.want)
+			}
+		})
+	}
+}
