@@ -33,6 +33,8 @@ Usage:
   eventrouter replay [flags] POISON_TOPIC   send poisoned records back to the topic they failed on
   eventrouter rewind ROUTE --to-time TIME | --by-duration D | --to-earliest | --to-offset N --partition P [--dry-run] [--yes]
                                          handle a route's past records again, from a time or an offset
+  eventrouter ledger forget --template NAME (--since TIME | --user ID ...) [--dry-run] [--yes]
+                                         let some notifications be sent again on their next delivery
   eventrouter config check [--live] [FILE | --config FILE]
                                          validate a configuration (and, with --live, its brokers and topics)
 
@@ -68,6 +70,8 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return replayCommand(ctx, args[1:], env)
 	case "rewind":
 		return rewindCommand(ctx, args[1:], env)
+	case "ledger":
+		return ledgerCommand(ctx, args[1:], env)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--live] [FILE | --config FILE]\n")

@@ -16,6 +16,7 @@ import (
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/pgtest"
 	"github.com/eventrouter/eventrouter/record"
 )
 
@@ -86,12 +87,12 @@ func produceAt(t *testing.T, brokers []string, topic string, partition int32, at
 	return offsets
 }
 
-// writeRouteConfig writes a config file with cfg's brokers and route r,
+// writeRouteConfig writes a config file with brokers, route r and extra,
 // for the commands.
-func writeRouteConfig(t *testing.T, brokers []string, r route) string {
+func writeRouteConfig(t *testing.T, brokers []string, r route, extra ...string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "eventrouter.yaml")
-	raw := fmt.Sprintf("kafka:\n  brokers: [%s]\n%s", strings.Join(brokers, ","), r.yaml())
+	raw := fmt.Sprintf("kafka:\n  brokers: [%s]\n%s%s", strings.Join(brokers, ","), r.yaml(), strings.Join(extra, ""))
 	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,9 @@ func TestRewindByTime(t *testing.T) {
 		if err := d.stop(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, consumeTimeout, "the group to be empty", func() bool { return kafkatest.GroupStable(k.Brokers, r.group, r.in, 0) || groupEmpty(t, k.Brokers, r.group) })
+		waitFor(t, consumeTimeout, "the group to be empty", func() bool {
+			return kafkatest.GroupStable(k.Brokers, r.group, r.in, 0) || groupEmpty(t, k.Brokers, r.group)
+		})
 
 		// The dry run changes nothing.
 		before := []int64{committed(t, k.Brokers, r.group, r.in, 0), committed(t, k.Brokers, r.group, r.in, 1)}
@@ -239,4 +242,76 @@ func TestRewindArguments(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestForgetResendsExactlyThoseEmails forgets the ledger entries sent
+// since a time, rewinds the route to its start, and checks that exactly
+// the users welcomed since then get their email again, once.
+func TestForgetResendsExactlyThoseEmails(t *testing.T) {
+	run := func(t *testing.T, brokers []string, shared string) {
+		const half = 10
+		r := newRoute()
+		notifier := &recorder{}
+		cfg := testConfig(t, brokers, r, "")
+		opts := app.Options{Notifier: notifier}
+		ledgerYAML := fmt.Sprintf("ledger:\n  path: %s\n", cfg.Ledger.Path)
+		vars := map[string]string{}
+		if shared != "" {
+			cfg, opts = withSharedLedger(cfg, shared, opts)
+			ledgerYAML = sharedLedgerYAML
+			vars[sharedLedgerDSNEnv] = shared
+		}
+		path := writeRouteConfig(t, brokers, r, ledgerYAML)
+		d := startDaemon(t, cfg, opts)
+		produceEvents(t, brokers, r.in, 0, half)
+		waitFor(t, consumeTimeout, "the first half's emails", func() bool { return len(notifier.Sent()) >= half })
+		cut := time.Now().UTC()
+		produceEvents(t, brokers, r.in, half, 2*half)
+		waitFor(t, consumeTimeout, "the second half's emails", func() bool { return len(notifier.Sent()) >= 2*half })
+		waitFor(t, consumeTimeout, "every offset committed", func() bool { return committed(t, brokers, r.group, r.in, 0) >= 2*half })
+		if err := d.stop(); err != nil {
+			t.Fatal(err)
+		}
+
+		since := cut.Format(time.RFC3339Nano)
+		res := runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome", "--since", since, "--dry-run")
+		if res.code != app.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("%d entries of template welcome sent since", half)) ||
+			!strings.Contains(res.stdout, "nothing changed") || strings.Contains(res.stdout, "@example.com") {
+			t.Fatalf("ledger forget --dry-run = %d %q %q; want 0, %d entries listed by user ID, nothing changed", res.code, res.stdout, res.stderr, half)
+		}
+		if res := runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome"); res.code != app.ExitUsage ||
+			!strings.Contains(res.stderr, "never takes every entry") {
+			t.Errorf("ledger forget without --since or --user = %d %q; want %d and a refusal", res.code, res.stderr, app.ExitUsage)
+		}
+		res = runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome", "--since", since, "--yes")
+		if res.code != app.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("forgot %d entries", half)) {
+			t.Fatalf("ledger forget = %d %q %q; want 0 and forgot %d", res.code, res.stdout, res.stderr, half)
+		}
+		res = runMain(t, "", vars, "rewind", "welcome", "--config", path, "--to-earliest", "--yes")
+		if res.code != app.ExitOK {
+			t.Fatalf("rewind = %d %q %q; want 0", res.code, res.stdout, res.stderr)
+		}
+
+		startDaemon(t, cfg, opts)
+		waitFor(t, consumeTimeout, "the forgotten users' emails again", func() bool { return len(notifier.Sent()) >= 3*half })
+		waitFor(t, consumeTimeout, "every offset committed again", func() bool { return committed(t, brokers, r.group, r.in, 0) >= 2*half })
+		sent := map[string]int{}
+		for _, m := range notifier.Sent() {
+			sent[m.Email]++
+		}
+		for i := range 2 * half {
+			want := 1
+			if i >= half {
+				want = 2
+			}
+			if n := sent[userEmail(i)]; n != want {
+				t.Errorf("user %d got %d emails; want %d", i, n, want)
+			}
+		}
+		if n := len(notifier.Sent()); n != 3*half {
+			t.Errorf("%d emails; want %d: each user once, and the forgotten ones once more", n, 3*half)
+		}
+	}
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) { run(t, k.Brokers, "") })
+	t.Run("kafka_postgres", func(t *testing.T) { run(t, kafkatest.Real(t), pgtest.DSN(t)) })
 }

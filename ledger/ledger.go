@@ -30,6 +30,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -348,6 +349,45 @@ func (l *Ledger) flushMarks(tx *bolt.Tx) error {
 		l.mu.Unlock()
 	})
 	return nil
+}
+
+// Forget removes the entries f selects, so that the next delivery of
+// their events does the side effect again, and returns them, oldest first;
+// with dryRun it removes nothing. Only a process that holds the file can
+// forget: stop the daemon first.
+func (l *Ledger) Forget(_ context.Context, f Filter, dryRun bool) ([]Forgotten, error) {
+	var out []Forgotten
+	update := l.db.Update
+	if dryRun {
+		update = l.db.View
+	}
+	err := update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		c := b.Cursor()
+		var keys [][]byte
+		for k, v := c.Seek([]byte(f.Prefix)); k != nil && strings.HasPrefix(string(k), f.Prefix); k, v = c.Next() {
+			var e Entry
+			if json.Unmarshal(v, &e) != nil || !f.matches(string(k), e.SentAt) {
+				continue
+			}
+			out = append(out, Forgotten{Key: string(k), SentAt: e.SentAt})
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		if dryRun {
+			return nil
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger forget: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Forgotten) int { return a.SentAt.Compare(b.SentAt) })
+	return out, nil
 }
 
 type keyContextKey struct{}

@@ -18,6 +18,7 @@ type store interface {
 	Claim(ctx context.Context, key string) (ledger.Entry, bool, func(), error)
 	Record(ctx context.Context, key string, e ledger.Entry) error
 	MarkPublished(key string) error
+	Forget(ctx context.Context, f ledger.Filter, dryRun bool) ([]ledger.Forgotten, error)
 	Close() error
 }
 
@@ -124,6 +125,67 @@ func TestLedgerSurvivesReopen(t *testing.T) {
 			t.Errorf("Claim(welcome/absent) = found %v, %v; want a new claim (a mark makes no entry)", found, err)
 		}
 		release()
+	})
+}
+
+// Forget removes exactly the entries of a template sent in a time range
+// (or of named keys), and a dry run removes nothing; claims are not
+// entries and stay.
+func TestForgetIsNarrow(t *testing.T) {
+	each(t, func(t *testing.T, l store, _ func(t *testing.T) store) {
+		ctx := context.Background()
+		t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+		for i, key := range []string{"welcome/1", "welcome/2", "welcome/3", "other/2"} {
+			_, _, release, err := l.Claim(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Record(ctx, key, ledger.Entry{EventID: key, SentAt: t0.Add(time.Duration(i) * time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+			release()
+		}
+		_, _, releaseClaim, err := l.Claim(ctx, "welcome/4")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer releaseClaim()
+		keys := func(fs []ledger.Forgotten) string {
+			var ks []string
+			for _, f := range fs {
+				ks = append(ks, f.Key)
+			}
+			return strings.Join(ks, ",")
+		}
+		tests := []struct {
+			name string
+			f    ledger.Filter
+			want string
+		}{
+			{"since", ledger.Filter{Prefix: "welcome/", Since: t0.Add(time.Hour)}, "welcome/2,welcome/3"},
+			{"range", ledger.Filter{Prefix: "welcome/", Since: t0, Until: t0.Add(2 * time.Hour)}, "welcome/1,welcome/2"},
+			{"keys", ledger.Filter{Prefix: "welcome/", Keys: []string{"welcome/3", "other/2"}}, "welcome/3"},
+		}
+		for _, tt := range tests {
+			got, err := l.Forget(ctx, tt.f, true)
+			if err != nil || keys(got) != tt.want {
+				t.Errorf("Forget(%s, dry run) = %s, %v; want %s", tt.name, keys(got), err, tt.want)
+			}
+		}
+		got, err := l.Forget(ctx, tests[0].f, false)
+		if err != nil || keys(got) != "welcome/2,welcome/3" {
+			t.Fatalf("Forget(since) = %s, %v; want welcome/2,welcome/3", keys(got), err)
+		}
+		for key, want := range map[string]bool{"welcome/1": true, "welcome/2": false, "welcome/3": false, "other/2": true} {
+			_, found, release, err := l.Claim(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			release()
+			if found != want {
+				t.Errorf("after Forget, %s found = %v; want %v", key, found, want)
+			}
+		}
 	})
 }
 

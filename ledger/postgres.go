@@ -783,6 +783,42 @@ func (p *Postgres) forget(key string, e Entry) {
 	delete(p.held, key)
 }
 
+// Forget removes the entries f selects, so that the next delivery of
+// their events does the side effect again, and returns them, oldest first;
+// with dryRun it removes nothing. Daemons may run meanwhile: a claim not
+// yet recorded is never removed.
+func (p *Postgres) Forget(ctx context.Context, f Filter, dryRun bool) ([]Forgotten, error) {
+	where := `left(key, length($1)) = $1 AND (cardinality($2::text[]) = 0 OR key = ANY($2))
+		AND sent_at IS NOT NULL AND sent_at >= $3 AND ($4::timestamptz IS NULL OR sent_at < $4)`
+	sql := "DELETE FROM eventrouter_ledger WHERE " + where + " RETURNING key, sent_at"
+	if dryRun {
+		sql = "SELECT key, sent_at FROM eventrouter_ledger WHERE " + where
+	}
+	var until *time.Time
+	if !f.Until.IsZero() {
+		until = &f.Until
+	}
+	keys := f.Keys
+	if keys == nil {
+		keys = []string{}
+	}
+	rows, err := p.pool.Query(ctx, sql, f.Prefix, keys, f.Since, until)
+	if err != nil {
+		return nil, fmt.Errorf("ledger forget: %w", err)
+	}
+	var out []Forgotten
+	var fg Forgotten
+	if _, err := pgx.ForEachRow(rows, []any{&fg.Key, &fg.SentAt}, func() error {
+		fg.SentAt = fg.SentAt.UTC()
+		out = append(out, fg)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("ledger forget: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Forgotten) int { return a.SentAt.Compare(b.SentAt) })
+	return out, nil
+}
+
 // Ping checks that the database answers, within ctx.
 func (p *Postgres) Ping(ctx context.Context) error {
 	return p.pool.Ping(ctx)
