@@ -24,7 +24,23 @@ func checkCommand(ctx context.Context, args []string, env Env) int {
 	fset := flag.NewFlagSet("eventrouter config check", flag.ContinueOnError)
 	fset.SetOutput(env.Stderr)
 	path := fset.String("config", config.DefaultPath, "configuration `file` (or give it as the argument)")
-	live := fset.Bool("live", false, "also connect to the brokers and report each route's topics")
+	live := fset.Bool("live", false, "also connect to the brokers and report each route's topics, and the shared ledger's database")
+	fset.Usage = func() {
+		fmt.Fprint(env.Stderr, `Usage: eventrouter config check [--live] [FILE | --config FILE]
+
+Checks a configuration as the daemon does before it connects, and reports
+every problem at once, each with its key and line. With --live it also
+asks the brokers about each route's topics and partitions, and the shared
+ledger's database whether it answers and its schema is current; it
+changes nothing.
+
+Environment: `+config.BrokersEnv+`, and the variables the file names (their
+secrets are read, and reported when missing, never printed).
+Exit codes: 0 valid (and reachable), 1 unreachable, 2 problems found.
+
+`)
+		fset.PrintDefaults()
+	}
 	files, err := parseInterspersed(fset, args)
 	if err != nil {
 		return flagExit(err)

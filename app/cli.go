@@ -38,7 +38,15 @@ Usage:
   eventrouter config check [--live] [FILE | --config FILE]
                                          validate a configuration (and, with --live, its brokers and topics)
 
-Run "eventrouter COMMAND --help" for a command's flags.
+  eventrouter version                    print the version, commit and Go version
+  eventrouter help [COMMAND]             this text, or a command's description and flags
+
+Run "eventrouter help COMMAND" (or "eventrouter COMMAND --help") for a
+command's flags and the environment variables it reads.
+
+Exit codes: 0 success, 1 failure (a broker or database unreachable, a
+refusal, a run that stopped on an error), 2 bad arguments or configuration
+(found before anything was changed).
 `
 
 // Env is what the command line reads from and writes to.
@@ -74,23 +82,68 @@ func Main(ctx context.Context, args []string, env Env) int {
 		return ledgerCommand(ctx, args[1:], env)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
-			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--live] [FILE | --config FILE]\n")
+			fmt.Fprintf(env.Stderr, "eventrouter: usage: eventrouter config check [--live] [FILE | --config FILE]\n"+
+				"Run \"eventrouter config check --help\" for its flags.\n")
 			return ExitUsage
 		}
 		return checkCommand(ctx, args[2:], env)
-	case "help", "-h", "--help":
-		fmt.Fprint(env.Stdout, usage)
+	case "version", "--version":
+		fmt.Fprintln(env.Stdout, version())
 		return ExitOK
+	case "help", "-h", "--help":
+		if len(args) < 2 || args[0] != "help" {
+			fmt.Fprint(env.Stdout, usage)
+			return ExitOK
+		}
+		return helpCommand(ctx, args[1], env)
 	default:
 		fmt.Fprintf(env.Stderr, "eventrouter: unknown command %q\n\n%s", args[0], usage)
 		return ExitUsage
 	}
 }
 
+// helpCommand prints a command's help on stdout.
+func helpCommand(ctx context.Context, cmd string, env Env) int {
+	args := map[string][]string{
+		"run": {"run"}, "publish": {"publish"}, "replay": {"replay"}, "rewind": {"rewind"},
+		"config": {"config", "check"}, "ledger": {"ledger", "forget"},
+	}[cmd]
+	if args == nil {
+		if cmd == "version" || cmd == "help" {
+			fmt.Fprint(env.Stdout, usage)
+			return ExitOK
+		}
+		fmt.Fprintf(env.Stderr, "eventrouter help: unknown command %q\n\n%s", cmd, usage)
+		return ExitUsage
+	}
+	env.Stderr = env.Stdout
+	return Main(ctx, append(args, "--help"), env)
+}
+
 func runCommand(ctx context.Context, args []string, env Env) int {
 	fs := flag.NewFlagSet("eventrouter run", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	path := fs.String("config", config.DefaultPath, "configuration `file`")
+	fs.Usage = func() {
+		fmt.Fprint(env.Stderr, `Usage: eventrouter run [--config FILE]
+
+Runs the router daemon: every route of the configuration, the ops server
+(/healthz, /readyz, /metrics) and, by default, the embedded Kafka broker.
+SIGINT or SIGTERM stops it: it finishes the records in flight (for up to
+router.shutdown_timeout), commits their offsets, and exits.
+
+Environment: `+config.BrokersEnv+` (brokers; turns the embedded broker off),
+and every variable the configuration names: ${VAR} in the file, and the
+secrets of notifier.smtp.password_env, ops.token_env and
+ledger.postgres.dsn_env. The shipped eventrouter.yaml also reads
+EVENTROUTER_NOTIFIER, EVENTROUTER_SMTP_HOST, EVENTROUTER_SMTP_PORT,
+EVENTROUTER_SMTP_TLS, EVENTROUTER_LEDGER, EVENTROUTER_LEDGER_DSN,
+EVENTROUTER_OPS_LISTEN and EVENTROUTER_EMBEDDED_LISTEN.
+Exit codes: 0 stopped cleanly, 1 stopped on an error, 2 bad configuration.
+
+`)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -140,5 +141,29 @@ func TestPublishDeadBroker(t *testing.T) {
 	res := runMain(t, "", nil, "publish", "--brokers", "127.0.0.1:1", `{"user_id": 1, "email": "a@b.co"}`)
 	if res.code != app.ExitError || !strings.Contains(res.stderr, "127.0.0.1:1") {
 		t.Errorf("publish to a dead broker = %d %q; want %d and the broker named", res.code, res.stderr, app.ExitError)
+	}
+}
+
+// Every command explains itself: its description, flags, the environment
+// variables it reads and its exit codes, on stdout through help.
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, cmd := range []string{"run", "publish", "replay", "rewind", "config", "ledger"} {
+		t.Run(cmd, func(t *testing.T) {
+			res := runMain(t, "", nil, "help", cmd)
+			for _, want := range []string{"Usage: eventrouter " + cmd, "Environment:", "Exit codes:", "-"} {
+				if res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+					t.Errorf("help %s = %d %q; want 0 and %q on stdout", cmd, res.code, res.stdout, want)
+				}
+			}
+			if flags := runMain(t, "", nil, cmd, "--help"); cmd != "config" && cmd != "ledger" && flags.stderr != res.stdout {
+				t.Errorf("%s --help printed %q; want what help %s prints", cmd, flags.stderr, cmd)
+			}
+		})
+	}
+	if res := runMain(t, "", nil, "version"); res.code != app.ExitOK || !strings.Contains(res.stdout, runtime.Version()) {
+		t.Errorf("version = %d %q; want 0 and the Go version", res.code, res.stdout)
+	}
+	if res := runMain(t, "", nil, "help", "nope"); res.code != app.ExitUsage || !strings.Contains(res.stderr, `unknown command "nope"`) {
+		t.Errorf("help nope = %d %q; want %d and the unknown command named", res.code, res.stderr, app.ExitUsage)
 	}
 }

@@ -27,7 +27,8 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 	key := fset.String("key", "", "Kafka `key` of every event; default: the value of --key-field")
 	keyField := fset.String("key-field", "user_id", "JSON `field` whose value is the key when --key is not set; empty for no key")
 	fset.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: eventrouter publish [flags] [EVENT]\n\nPublishes EVENT, or each line of stdin, and prints topic, partition and offset for each.\n\n")
+		fmt.Fprintf(env.Stderr, "Usage: eventrouter publish [flags] [EVENT]\n\nPublishes EVENT, or each line of stdin, and prints topic, partition and offset for each.\n\n"+
+			"Environment: "+config.BrokersEnv+" (the brokers, unless --brokers).\nExit codes: 0 all published, 1 some failed, 2 bad arguments.\n\n")
 		fset.PrintDefaults()
 	}
 	if err := fset.Parse(args); err != nil {

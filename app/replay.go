@@ -72,7 +72,8 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 	fset.Usage = func() {
 		fmt.Fprintf(env.Stderr, "Usage: eventrouter replay [flags] POISON_TOPIC\n\n"+
 			"Republishes the poison topic's records to the topic they failed on: the\n"+
-			"subscribe topic of a configured route whose poison_topic is POISON_TOPIC.\n\n")
+			"subscribe topic of a configured route whose poison_topic is POISON_TOPIC.\n\n"+
+			"Environment: "+config.BrokersEnv+" (the brokers, unless --brokers).\nExit codes: 0 done (or dry run), 1 failed, 2 bad arguments.\n\n")
 		fset.PrintDefaults()
 	}
 	if err := fset.Parse(args); err != nil {
