@@ -388,6 +388,8 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	d.metrics.retried.WithLabelValues(r.Name)
 	d.metrics.poisoned.WithLabelValues(r.Name)
 	d.metrics.skipped.WithLabelValues(r.Name, handlers.WelcomeTemplate)
+	d.metrics.replayed.WithLabelValues(r.Name, "rewind")
+	d.metrics.replayed.WithLabelValues(r.Name, "poison")
 
 	poison, err := middleware.PoisonQueueWithFilter(
 		// The message's context carries the route for the log line.
@@ -433,7 +435,7 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	//     dependency (the mail server, Kafka) is down, so an outage uses up
 	//     no retries and poisons nothing.
 	h.AddMiddleware(
-		messageScope(r, deps.tracer),
+		messageScope(r, deps.tracer, d.metrics),
 		poison,
 		deps.handlerMetrics,
 		retrying.Middleware,

@@ -29,6 +29,7 @@ import (
 // metrics come beside them from its metrics builder.
 type metrics struct {
 	handled       *prometheus.CounterVec
+	replayed      *prometheus.CounterVec
 	retried       *prometheus.CounterVec
 	poisoned      *prometheus.CounterVec
 	duration      *prometheus.HistogramVec
@@ -44,6 +45,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eventrouter_messages_handled_total",
 			Help: "Messages a route handled successfully.",
 		}, []string{"route"}),
+		replayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eventrouter_messages_replayed_total",
+			Help: "Records a route received again on purpose: after eventrouter rewind (source rewind) or from eventrouter replay of the poison topic (source poison).",
+		}, []string{"route", "source"}),
 		retried: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eventrouter_messages_retried_total",
 			Help: "Handler attempts that were retries of a failed attempt.",
@@ -76,7 +81,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while a route waits for an unavailable dependency.",
 		}, []string{"route"}),
 	}
-	reg.MustRegister(m.handled, m.retried, m.poisoned, m.duration, m.notifications, m.skipped, m.paused, m.ledgerRecord)
+	reg.MustRegister(m.handled, m.replayed, m.retried, m.poisoned, m.duration, m.notifications, m.skipped, m.paused, m.ledgerRecord)
 	return m
 }
 
@@ -85,11 +90,25 @@ var propagator = propagation.TraceContext{}
 
 type attemptsKey struct{}
 
+// replaySource says why a record comes again on purpose: "rewind" (its
+// group was rewound), "poison" (eventrouter replay sent it back from the
+// poison topic), or "" for a normal delivery.
+func replaySource(msg *message.Message, origin record.Origin) string {
+	switch {
+	case origin.Replayed:
+		return "rewind"
+	case msg.Metadata.Get(ReplayedFromKey) != "":
+		return "poison"
+	}
+	return ""
+}
+
 // messageScope is the outermost middleware of a route. It gives a record
 // from a plain producer a correlation ID, puts the message's identity on
-// every log line about it, and continues the producer's trace with a
-// consume span.
-func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware {
+// every log line about it (with replayed=rewind or poison for a record
+// that comes again on purpose, which it also counts), and continues the
+// producer's trace with a consume span.
+func messageScope(r config.Route, tracer trace.Tracer, m *metrics) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			if middleware.MessageCorrelationID(msg) == "" {
@@ -105,6 +124,11 @@ func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware
 				slog.Int64("offset", offset),
 				slog.String("correlation_id", middleware.MessageCorrelationID(msg)),
 			)
+			replayed := replaySource(msg, origin)
+			if replayed != "" {
+				ctx = msglog.With(ctx, slog.String("replayed", replayed))
+				m.replayed.WithLabelValues(r.Name, replayed).Inc()
+			}
 			ctx = propagator.Extract(ctx, propagation.MapCarrier(msg.Metadata))
 			ctx, span := tracer.Start(ctx, r.SubscribeTopic+" process",
 				trace.WithSpanKind(trace.SpanKindConsumer),
@@ -116,6 +140,7 @@ func messageScope(r config.Route, tracer trace.Tracer) message.HandlerMiddleware
 					attribute.Int64("messaging.kafka.offset", offset),
 					attribute.String("messaging.message.id", msg.UUID),
 					attribute.String("eventrouter.route", r.Name),
+					attribute.String("eventrouter.replayed", replayed),
 				))
 			defer span.End()
 			ctx = context.WithValue(ctx, attemptsKey{}, new(atomic.Int64))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/eventrouter/eventrouter/broker"
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/consume"
 )
 
 // rewindTarget is where a rewind moves a partition's committed offset.
@@ -370,9 +371,15 @@ func commitRewind(client sarama.Client, route config.Route, rows []rewindRow, ta
 	if err != nil {
 		return fmt.Errorf("offset manager: %w", err)
 	}
-	meta := "rewound by eventrouter to " + target.String()
 	var poms []sarama.PartitionOffsetManager
 	for _, r := range rows {
+		// The subscriber reads the end of the range back, to tell the
+		// records handled again from new ones.
+		end := r.committed
+		if end < 0 {
+			end = r.newest
+		}
+		meta := fmt.Sprintf("%s%d to %s", consume.RewindMarker, end, target)
 		pom, err := om.ManagePartition(route.SubscribeTopic, r.partition)
 		if err != nil {
 			om.Close()

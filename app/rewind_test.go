@@ -26,6 +26,8 @@ type offsetsSeen struct {
 	mu   sync.Mutex
 	seen map[string]int
 	n    int
+	// replayed counts the records that came marked as rewound.
+	replayed int
 }
 
 func (o *offsetsSeen) registry() map[string]handlers.Spec {
@@ -41,6 +43,9 @@ func (o *offsetsSeen) registry() map[string]handlers.Spec {
 					o.mu.Lock()
 					o.seen[fmt.Sprintf("%d/%d", origin.Partition, origin.Offset)]++
 					o.n++
+					if origin.Replayed {
+						o.replayed++
+					}
 					o.mu.Unlock()
 				}
 			}
@@ -183,7 +188,7 @@ func TestRewindByTime(t *testing.T) {
 			}
 		}
 
-		startDaemon(t, cfg, app.Options{Notifier: notifier, Registry: seen.registry()})
+		d2 := startDaemon(t, cfg, app.Options{Notifier: notifier, Registry: seen.registry()})
 		waitFor(t, consumeTimeout, "the second and third batches handled again", func() bool { return seen.total() >= users+2*perBatch })
 		waitFor(t, consumeTimeout, "every offset committed again", func() bool {
 			return committed(t, k.Brokers, r.group, r.in, 0) >= users/2 && committed(t, k.Brokers, r.group, r.in, 1) >= users/2
@@ -203,6 +208,17 @@ func TestRewindByTime(t *testing.T) {
 		}
 		if n := len(notifier.Sent()); n != users {
 			t.Errorf("%d emails after the rewind; want %d, one per user: the ledger has the rest", n, users)
+		}
+		// Traceable: each record handled again says so, in its origin
+		// and on its log lines.
+		seen.mu.Lock()
+		replayed := seen.replayed
+		seen.mu.Unlock()
+		if replayed != 2*perBatch {
+			t.Errorf("%d records came marked as rewound; want %d, the second and third batches", replayed, 2*perBatch)
+		}
+		if !strings.Contains(d2.logs.String(), "replayed=rewind") {
+			t.Error("no log line of the rewound records says replayed=rewind")
 		}
 		fmt.Printf("rewind on %s: 3 batches of %d, rewound to the second: %d records handled, %d emails\n", k.Name, perBatch, seen.total(), len(notifier.Sent()))
 	})

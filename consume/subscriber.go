@@ -157,13 +157,25 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.closed.Load() {
 		return nil, errors.New("kafka subscriber is closed")
 	}
-	group, err := sarama.NewConsumerGroup(s.cfg.Brokers, s.cfg.ConsumerGroup, s.cfg.Sarama)
+	client, err := sarama.NewClient(s.cfg.Brokers, s.cfg.Sarama)
 	if err != nil {
 		return nil, fmt.Errorf("join consumer group %s at %s: %w", s.cfg.ConsumerGroup, strings.Join(s.cfg.Brokers, ","), err)
 	}
+	group, err := sarama.NewConsumerGroupFromClient(s.cfg.ConsumerGroup, client)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("join consumer group %s at %s: %w", s.cfg.ConsumerGroup, strings.Join(s.cfg.Brokers, ","), err)
+	}
+	// Reads a claimed partition's commit metadata, for rewinds.
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		group.Close()
+		client.Close()
+		return nil, fmt.Errorf("consumer group %s: %w", s.cfg.ConsumerGroup, err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan *message.Message)
-	h := &groupHandler{s: s, ctx: ctx, out: out}
+	h := &groupHandler{s: s, ctx: ctx, out: out, admin: admin}
 	logger := s.cfg.Logger.With("topic", topic, "consumer_group", s.cfg.ConsumerGroup)
 
 	s.wg.Add(1)
@@ -186,6 +198,8 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 				logger.Warn("close consumer group", "err", err)
 			}
 			<-errsDone
+			// The admin's Close closes the client it shares with the group.
+			_ = admin.Close()
 		}()
 
 		wait := 250 * time.Millisecond
@@ -319,9 +333,38 @@ func (s *Subscriber) orphanDone(tp topicPartition) {
 
 // groupHandler is the sarama side of one subscription.
 type groupHandler struct {
-	s   *Subscriber
-	ctx context.Context
-	out chan<- *message.Message
+	s     *Subscriber
+	ctx   context.Context
+	out   chan<- *message.Message
+	admin sarama.ClusterAdmin
+}
+
+// RewindMarker starts the commit metadata that `eventrouter rewind` writes:
+// "eventrouter-rewind until=N ...", where N is the offset the group had
+// committed before. The records below N are handled again: the subscriber
+// marks them Replayed, and keeps the metadata on its commits until it
+// passes N, so that a restart mid-replay still knows.
+const RewindMarker = "eventrouter-rewind until="
+
+// rewoundUntil returns the end of the rewound range of a claimed
+// partition, and its metadata, or 0 when it was not rewound.
+func (h *groupHandler) rewoundUntil(claim sarama.ConsumerGroupClaim) (int64, string) {
+	if h.admin == nil {
+		return 0, ""
+	}
+	offsets, err := h.admin.ListConsumerGroupOffsets(h.s.cfg.ConsumerGroup, map[string][]int32{claim.Topic(): {claim.Partition()}})
+	if err != nil {
+		return 0, ""
+	}
+	b := offsets.GetBlock(claim.Topic(), claim.Partition())
+	if b == nil || !strings.HasPrefix(b.Metadata, RewindMarker) {
+		return 0, ""
+	}
+	var until int64
+	if _, err := fmt.Sscanf(strings.TrimPrefix(b.Metadata, RewindMarker), "%d", &until); err != nil || until <= claim.InitialOffset() {
+		return 0, ""
+	}
+	return until, b.Metadata
 }
 
 func (h *groupHandler) Setup(sarama.ConsumerGroupSession) error {
@@ -347,6 +390,7 @@ func (h *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 		requeue: make(chan *sarama.ConsumerMessage),
 		done:    make(chan struct{}),
 	}
+	p.replayedUntil, p.rewindMeta = h.rewoundUntil(claim)
 	h.s.mu.Lock()
 	h.s.partitions[p] = struct{}{}
 	h.s.mu.Unlock()
@@ -388,6 +432,10 @@ type partition struct {
 	// still running (a revoke that timed out); they count in the
 	// subscriber's orphans until they finish.
 	orphaned bool
+	// replayedUntil ends the range a rewind hands out again (0: none),
+	// and rewindMeta is the rewind's commit metadata.
+	replayedUntil int64
+	rewindMeta    string
 }
 
 type result struct {
@@ -569,6 +617,7 @@ func (p *partition) message(rec *sarama.ConsumerMessage) (*message.Message, cont
 	}
 	ctx := record.WithOrigin(p.ctx, record.Origin{
 		Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key, Timestamp: rec.Timestamp,
+		Replayed: rec.Offset < p.replayedUntil,
 	})
 	ctx, cancel := context.WithCancel(ctx)
 	msg.SetContext(ctx)
@@ -633,7 +682,11 @@ func (p *partition) result(r result) {
 	if next >= 0 {
 		p.ready = append(p.ready, p.records[next])
 	}
-	p.sess.MarkOffset(r.rec.Topic, r.rec.Partition, commit, "")
+	meta := ""
+	if commit < p.replayedUntil {
+		meta = p.rewindMeta
+	}
+	p.sess.MarkOffset(r.rec.Topic, r.rec.Partition, commit, meta)
 }
 
 // revoke lets the partition go: it hands nothing more out, waits (at most

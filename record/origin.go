@@ -16,6 +16,9 @@ type Origin struct {
 	Key []byte
 	// Timestamp is the record's Kafka timestamp.
 	Timestamp time.Time
+	// Replayed says that the record is handled again after a rewind of its
+	// consumer group.
+	Replayed bool
 }
 
 // ID returns the origin's identity (see ID).
