@@ -19,6 +19,7 @@ import (
 	"github.com/eventrouter/eventrouter/broker"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/consume"
+	"github.com/eventrouter/eventrouter/ledger"
 )
 
 // rewindTarget is where a rewind moves a partition's committed offset.
@@ -83,6 +84,7 @@ func rewindCommand(ctx context.Context, args []string, env Env) int {
 	dryRun := fset.Bool("dry-run", false, "print the plan and change nothing")
 	yes := fset.Bool("yes", false, "rewind without asking")
 	allowForward := fset.Bool("allow-forward", false, "also move offsets forward (records skipped, not handled)")
+	forgetLedger := fset.Bool("forget-ledger", false, "also forget the ledger entries these records caused, so that their notifications are sent again (a template was broken); only those")
 	fset.Usage = func() {
 		fmt.Fprint(env.Stderr, `Usage: eventrouter rewind ROUTE (--to-time TIME | --by-duration D | --to-earliest | --to-offset N --partition P) [flags]
 
@@ -94,8 +96,10 @@ changes anything (--yes does not ask; --dry-run only prints).
 
 The route's daemons must be stopped: Kafka moves a group's offsets only
 while it has no live member, and the command names the members it finds.
-The ledger keeps a rewound route from sending an email twice; see
-"eventrouter ledger forget" to send some again on purpose.
+The ledger keeps a rewound route from sending an email twice. To send the
+rewound records' notifications again on purpose (a template was broken),
+add --forget-ledger: it forgets the ledger entries caused by exactly the
+records handled again, and no others.
 
 Environment: `+config.BrokersEnv+` (the brokers, as in the daemon).
 Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
@@ -187,6 +191,27 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 		}
 		return fail(ExitError, "%s", msg)
 	}
+	var sources []ledger.SourceRange
+	var l forgetter
+	if *forgetLedger {
+		for _, r := range rows {
+			if end := r.committed; r.again() > 0 {
+				if end < 0 {
+					end = r.newest
+				}
+				sources = append(sources, ledger.SourceRange{Topic: route.SubscribeTopic, Partition: r.partition, From: r.target, To: end})
+			}
+		}
+		if l, err = openLedgerForCommand(ctx, cfg, env.Getenv); err != nil {
+			return fail(ExitError, "%s", err)
+		}
+		defer l.Close()
+		found, err := l.Forget(ctx, ledger.Filter{Sources: sources}, true)
+		if err != nil {
+			return fail(ExitError, "%s", err)
+		}
+		fmt.Fprintf(env.Stdout, "--forget-ledger: %d ledger entries were caused by these records; their notifications are sent again\n", len(found))
+	}
 	if *dryRun {
 		fmt.Fprintln(env.Stdout, "dry run: nothing changed")
 		return ExitOK
@@ -200,6 +225,15 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 	}
 	if err := commitRewind(client, route, rows, target); err != nil {
 		return fail(ExitError, "%s", err)
+	}
+	// After the rewind: forgotten entries whose records did not come
+	// again would send their notifications on some later delivery.
+	if l != nil && len(sources) > 0 {
+		gone, err := l.Forget(ctx, ledger.Filter{Sources: sources}, false)
+		if err != nil {
+			return fail(ExitError, "rewound, but the ledger entries were not forgotten (no notification is sent again): %s", err)
+		}
+		fmt.Fprintf(env.Stdout, "forgot %d ledger entries caused by the rewound records\n", len(gone))
 	}
 	var total int64
 	for _, r := range rows {

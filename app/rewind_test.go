@@ -331,3 +331,47 @@ func TestForgetResendsExactlyThoseEmails(t *testing.T) {
 	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) { run(t, k.Brokers, "") })
 	t.Run("kafka_postgres", func(t *testing.T) { run(t, kafkatest.Real(t), pgtest.DSN(t)) })
 }
+
+// rewind --forget-ledger sends again the notifications of exactly the
+// records it hands out again, and of no others.
+func TestRewindForgetLedger(t *testing.T) {
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		const users, from = 20, 12
+		r := newRoute()
+		notifier := &recorder{}
+		cfg := testConfig(t, k.Brokers, r, "")
+		path := writeRouteConfig(t, k.Brokers, r, fmt.Sprintf("ledger:\n  path: %s\n", cfg.Ledger.Path))
+		d := startDaemon(t, cfg, app.Options{Notifier: notifier})
+		produceEvents(t, k.Brokers, r.in, 0, users)
+		waitFor(t, consumeTimeout, "every email", func() bool { return len(notifier.Sent()) >= users })
+		waitFor(t, consumeTimeout, "every offset committed", func() bool { return committed(t, k.Brokers, r.group, r.in, 0) >= users })
+		if err := d.stop(); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"rewind", "welcome", "--config", path, "--to-offset", fmt.Sprint(from), "--partition", "0", "--forget-ledger"}
+		res := runMain(t, "", nil, append(args, "--dry-run")...)
+		if want := fmt.Sprintf("%d ledger entries were caused by these records", users-from); res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+			t.Fatalf("rewind --forget-ledger --dry-run = %d %q %q; want 0 and %q", res.code, res.stdout, res.stderr, want)
+		}
+		res = runMain(t, "", nil, append(args, "--yes")...)
+		if want := fmt.Sprintf("forgot %d ledger entries", users-from); res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+			t.Fatalf("rewind --forget-ledger = %d %q %q; want 0 and %q", res.code, res.stdout, res.stderr, want)
+		}
+		startDaemon(t, cfg, app.Options{Notifier: notifier})
+		waitFor(t, consumeTimeout, "the rewound records' emails again", func() bool { return len(notifier.Sent()) >= 2*users-from })
+		waitFor(t, consumeTimeout, "every offset committed again", func() bool { return committed(t, k.Brokers, r.group, r.in, 0) >= users })
+		sent := map[string]int{}
+		for _, m := range notifier.Sent() {
+			sent[m.Email]++
+		}
+		for i := range users {
+			want := 1
+			if i >= from {
+				want = 2
+			}
+			if n := sent[userEmail(i)]; n != want {
+				t.Errorf("user %d (offset %d) got %d emails; want %d", i, i, n, want)
+			}
+		}
+	})
+}

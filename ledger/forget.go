@@ -2,6 +2,8 @@ package ledger
 
 import (
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -14,9 +16,48 @@ type Filter struct {
 	Keys   []string
 	Since  time.Time
 	Until  time.Time
+	// Sources, when set, selects only entries caused by a record in one
+	// of these ranges (their EventID is topic/partition/offset): the
+	// records a rewind hands out again.
+	Sources []SourceRange
 }
 
-func (f Filter) matches(key string, sentAt time.Time) bool {
+// SourceRange is the records of one partition from From up to, not
+// including, To.
+type SourceRange struct {
+	Topic     string
+	Partition int32
+	From, To  int64
+}
+
+// inSources reports whether eventID, topic/partition/offset, is a record
+// of one of the ranges.
+func inSources(ranges []SourceRange, eventID string) bool {
+	topic, rest, ok := strings.Cut(eventID, "/")
+	if !ok {
+		return false
+	}
+	p, o, ok := strings.Cut(rest, "/")
+	if !ok {
+		return false
+	}
+	partition, err1 := strconv.ParseInt(p, 10, 32)
+	offset, err2 := strconv.ParseInt(o, 10, 64)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	for _, r := range ranges {
+		if r.Topic == topic && int64(r.Partition) == partition && offset >= r.From && offset < r.To {
+			return true
+		}
+	}
+	return false
+}
+
+func (f Filter) matches(key, eventID string, sentAt time.Time) bool {
+	if len(f.Sources) > 0 && !inSources(f.Sources, eventID) {
+		return false
+	}
 	if len(key) < len(f.Prefix) || key[:len(f.Prefix)] != f.Prefix {
 		return false
 	}

@@ -367,7 +367,7 @@ func (l *Ledger) Forget(_ context.Context, f Filter, dryRun bool) ([]Forgotten, 
 		var keys [][]byte
 		for k, v := c.Seek([]byte(f.Prefix)); k != nil && strings.HasPrefix(string(k), f.Prefix); k, v = c.Next() {
 			var e Entry
-			if json.Unmarshal(v, &e) != nil || !f.matches(string(k), e.SentAt) {
+			if json.Unmarshal(v, &e) != nil || !f.matches(string(k), e.EventID, e.SentAt) {
 				continue
 			}
 			out = append(out, Forgotten{Key: string(k), SentAt: e.SentAt})

@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -140,7 +141,7 @@ func TestForgetIsNarrow(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := l.Record(ctx, key, ledger.Entry{EventID: key, SentAt: t0.Add(time.Duration(i) * time.Hour)}); err != nil {
+			if err := l.Record(ctx, key, ledger.Entry{EventID: fmt.Sprintf("t/0/%d", i+1), SentAt: t0.Add(time.Duration(i) * time.Hour)}); err != nil {
 				t.Fatal(err)
 			}
 			release()
@@ -165,6 +166,7 @@ func TestForgetIsNarrow(t *testing.T) {
 			{"since", ledger.Filter{Prefix: "welcome/", Since: t0.Add(time.Hour)}, "welcome/2,welcome/3"},
 			{"range", ledger.Filter{Prefix: "welcome/", Since: t0, Until: t0.Add(2 * time.Hour)}, "welcome/1,welcome/2"},
 			{"keys", ledger.Filter{Prefix: "welcome/", Keys: []string{"welcome/3", "other/2"}}, "welcome/3"},
+			{"sources", ledger.Filter{Prefix: "welcome/", Sources: []ledger.SourceRange{{Topic: "t", Partition: 0, From: 2, To: 4}}}, "welcome/2,welcome/3"},
 		}
 		for _, tt := range tests {
 			got, err := l.Forget(ctx, tt.f, true)

@@ -788,8 +788,15 @@ func (p *Postgres) forget(key string, e Entry) {
 // with dryRun it removes nothing. Daemons may run meanwhile: a claim not
 // yet recorded is never removed.
 func (p *Postgres) Forget(ctx context.Context, f Filter, dryRun bool) ([]Forgotten, error) {
+	// An event ID that is not topic/partition/offset (a producer's UUID,
+	// from before origins) is in no range.
 	where := `left(key, length($1)) = $1 AND (cardinality($2::text[]) = 0 OR key = ANY($2))
-		AND sent_at IS NOT NULL AND sent_at >= $3 AND ($4::timestamptz IS NULL OR sent_at < $4)`
+		AND sent_at IS NOT NULL AND sent_at >= $3 AND ($4::timestamptz IS NULL OR sent_at < $4)
+		AND (cardinality($5::text[]) = 0 OR CASE WHEN event_id ~ '^[^/]+/[0-9]{1,9}/[0-9]{1,18}$' THEN EXISTS (
+			SELECT 1 FROM unnest($5::text[], $6::int[], $7::bigint[], $8::bigint[]) AS r(t, p, f, u)
+			WHERE split_part(event_id, '/', 1) = r.t AND split_part(event_id, '/', 2)::int = r.p
+				AND split_part(event_id, '/', 3)::bigint >= r.f AND split_part(event_id, '/', 3)::bigint < r.u)
+			ELSE false END)`
 	sql := "DELETE FROM eventrouter_ledger WHERE " + where + " RETURNING key, sent_at"
 	if dryRun {
 		sql = "SELECT key, sent_at FROM eventrouter_ledger WHERE " + where
@@ -802,7 +809,11 @@ func (p *Postgres) Forget(ctx context.Context, f Filter, dryRun bool) ([]Forgott
 	if keys == nil {
 		keys = []string{}
 	}
-	rows, err := p.pool.Query(ctx, sql, f.Prefix, keys, f.Since, until)
+	topics, parts, froms, tos := []string{}, []int32{}, []int64{}, []int64{}
+	for _, r := range f.Sources {
+		topics, parts, froms, tos = append(topics, r.Topic), append(parts, r.Partition), append(froms, r.From), append(tos, r.To)
+	}
+	rows, err := p.pool.Query(ctx, sql, f.Prefix, keys, f.Since, until, topics, parts, froms, tos)
 	if err != nil {
 		return nil, fmt.Errorf("ledger forget: %w", err)
 	}
