@@ -226,6 +226,12 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 	if err := commitRewind(client, route, rows, target); err != nil {
 		return fail(ExitError, "%s", err)
 	}
+	var total int64
+	for _, r := range rows {
+		total += max(r.again(), 0)
+	}
+	fmt.Fprintf(env.Stdout, "rewound %d partition(s) of %s: route %s handles %d record(s) again when its daemons start\n",
+		len(rows), route.SubscribeTopic, route.Name, total)
 	// After the rewind: forgotten entries whose records did not come
 	// again would send their notifications on some later delivery.
 	if l != nil && len(sources) > 0 {
@@ -235,12 +241,6 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 		}
 		fmt.Fprintf(env.Stdout, "forgot %d ledger entries caused by the rewound records\n", len(gone))
 	}
-	var total int64
-	for _, r := range rows {
-		total += max(r.again(), 0)
-	}
-	fmt.Fprintf(env.Stdout, "rewound %d partition(s) of %s: route %s handles %d record(s) again when its daemons start\n",
-		len(rows), route.SubscribeTopic, route.Name, total)
 	return ExitOK
 }
 

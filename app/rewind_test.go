@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -374,4 +375,47 @@ func TestRewindForgetLedger(t *testing.T) {
 			}
 		}
 	})
+}
+
+// On the embedded broker, with its daemon stopped, rewind starts the
+// broker itself on its data directory: the zero-setup default can replay
+// too.
+func TestRewindOnTheEmbeddedBroker(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	r := newRoute()
+	raw := fmt.Sprintf("kafka:\n  embedded:\n    enabled: true\n    listen: %s\n    data_dir: %s\n    partitions: 1\nledger:\n  path: %s\n%s",
+		addr, filepath.Join(dir, "kafka"), filepath.Join(dir, "ledger.db"), r.yaml())
+	path := filepath.Join(dir, "eventrouter.yaml")
+	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	const users = 5
+	seen := &offsetsSeen{seen: map[string]int{}}
+	notifier := &recorder{}
+	d := startDaemon(t, cfg, app.Options{Notifier: notifier, Registry: seen.registry()})
+	produceEvents(t, []string{addr}, r.in, 0, users)
+	waitFor(t, consumeTimeout, "every record handled", func() bool { return seen.total() >= users })
+	waitFor(t, consumeTimeout, "every offset committed", func() bool { return committed(t, []string{addr}, r.group, r.in, 0) >= users })
+	if err := d.stop(); err != nil {
+		t.Fatal(err)
+	}
+	res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-earliest", "--yes")
+	if res.code != app.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("handles %d record(s) again", users)) {
+		t.Fatalf("rewind on the stopped embedded broker = %d %q %q; want 0 and %d records again", res.code, res.stdout, res.stderr, users)
+	}
+	startDaemon(t, cfg, app.Options{Notifier: notifier, Registry: seen.registry()})
+	waitFor(t, consumeTimeout, "every record handled again", func() bool { return seen.total() >= 2*users })
+	if n := len(notifier.Sent()); n != users {
+		t.Errorf("%d emails; want %d, one per user", n, users)
+	}
 }
