@@ -106,7 +106,7 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 		return fail("%s", oneLine(err))
 	}
 	return &replayer{
-		brokers: addrs, poison: poison, group: *group, rules: rules, dryRun: *dryRun, out: env.Stdout,
+		brokers: addrs, poison: poison, group: *group, rules: rules, dryRun: *dryRun, out: env.Stdout, progress: env.Stderr,
 		commitEvery: replayCommitEvery, commitInterval: replayCommitInterval, idle: replayIdle,
 	}, ExitOK
 }
@@ -256,6 +256,9 @@ type replayer struct {
 	commitInterval time.Duration
 	// idle is how long a partition may send nothing before its end.
 	idle time.Duration
+	// progress, if set, receives the progress report: a bar on a
+	// terminal, periodic lines otherwise.
+	progress io.Writer
 }
 
 // run replays every record between the group's committed offsets and the
@@ -296,6 +299,13 @@ func (r *replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 	}
 	defer consumer.Close()
 
+	// The ranges first, for the progress report's total.
+	type span struct {
+		p          int32
+		start, end int64
+	}
+	var spans []span
+	var total int64
 	for _, p := range partitions {
 		end, err := client.GetOffset(r.poison, p, sarama.OffsetNewest)
 		if err != nil {
@@ -309,15 +319,24 @@ func (r *replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 		if !ok || start < oldest {
 			start = oldest
 		}
-		if start >= end {
-			continue
+		if start < end {
+			spans = append(spans, span{p, start, end})
+			total += end - start
 		}
+	}
+	var prog *progress
+	if r.progress != nil && total > 0 {
+		prog = newProgress(r.progress, "replay "+r.poison, total)
+		defer prog.finish()
+	}
+	for _, sp := range spans {
+		p, start, end := sp.p, sp.start, sp.end
 		pc, err := consumer.ConsumePartition(r.poison, p, start)
 		if err != nil {
 			return replayed, skipped, err
 		}
 		commit := func(next int64) error { return r.commit(client, map[int32]int64{p: next}) }
-		n, s, err := r.partition(ctx, pc, producer, end, commit)
+		n, s, err := r.partition(ctx, pc, producer, end, commit, prog)
 		replayed, skipped = replayed+n, skipped+s
 		// Close, unlike AsyncClose, waits until sarama is done with the
 		// partition; what it reports came after the last record used.
@@ -384,7 +403,7 @@ func (r *replayer) commit(client sarama.Client, next map[int32]int64) error {
 // go on from; partition calls it every r.commitEvery records or
 // r.commitInterval, at the end, and before it returns an error, so a
 // cancelled or failed run replays nothing again.
-func (r *replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, producer sarama.SyncProducer, end int64, commit func(next int64) error) (replayed, skipped int, err error) {
+func (r *replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, producer sarama.SyncProducer, end int64, commit func(next int64) error, prog *progress) (replayed, skipped int, err error) {
 	var next int64 = -1
 	pending, lastCommit := 0, time.Now()
 	flush := func() error {
@@ -430,6 +449,9 @@ func (r *replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, p
 			}
 			next = m.Offset + 1
 			pending++
+			if prog != nil {
+				prog.add(1)
+			}
 			if next >= end {
 				return replayed, skipped, flush()
 			}

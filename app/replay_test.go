@@ -72,7 +72,7 @@ func TestReplayPartitionEndsWithAnError(t *testing.T) {
 			commit := func(next int64) error { commits = append(commits, next); return nil }
 			done := make(chan error, 1)
 			go func() {
-				_, _, err := r.partition(context.Background(), f, nil, 5, commit)
+				_, _, err := r.partition(context.Background(), f, nil, 5, commit, nil)
 				done <- err
 			}()
 			var err error
@@ -116,7 +116,7 @@ func TestReplayPartitionCommitsInBatches(t *testing.T) {
 			_, skipped, err := r.partition(context.Background(), f, nil, 5, func(next int64) error {
 				commits = append(commits, next)
 				return nil
-			})
+			}, nil)
 			if err != nil || skipped != 5 {
 				t.Fatalf("partition() = %d skipped, %v; want 5, no error", skipped, err)
 			}
@@ -577,4 +577,36 @@ func TestReplayCrashReplaysAtMostABatch(t *testing.T) {
 			}
 		}
 	})
+}
+
+// The progress report: on a terminal a bar redrawn in place with the rate
+// and the time left; otherwise a plain line every interval and at the end.
+func TestProgressReports(t *testing.T) {
+	for _, tty := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tty=%v", tty), func(t *testing.T) {
+			var out bytes.Buffer
+			clock := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+			p := newProgress(&out, "replay p", 100)
+			p.tty, p.every, p.now = tty, time.Second, func() time.Time { return clock }
+			p.start, p.last = clock, clock
+			for range 50 {
+				clock = clock.Add(100 * time.Millisecond)
+				p.add(1)
+			}
+			p.finish()
+			got := out.String()
+			// 50 records in 5 s: 10/s, and 5 s to go for the other 50.
+			for _, want := range []string{"50/100 (50%), 10/s, ETA 5s", "50/100 in 5s, 10/s"} {
+				if !strings.Contains(got, want) {
+					t.Errorf("progress printed %q; want %q in it", got, want)
+				}
+			}
+			if lines := strings.Count(got, "\n"); tty && lines != 1 || !tty && lines != 6 {
+				t.Errorf("progress printed %d lines; want %d (one per second, and the last)", lines, map[bool]int{true: 1, false: 6}[tty])
+			}
+			if strings.Contains(got, "\r") != tty {
+				t.Errorf("progress on tty=%v redraws in place: %v; want %v", tty, strings.Contains(got, "\r"), tty)
+			}
+		})
+	}
 }
