@@ -67,7 +67,8 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 	brokers := fset.String("brokers", "", "comma-separated `host:port` list; overrides "+config.BrokersEnv+" and the config file")
 	group := fset.String("group", "eventrouter-replay", "consumer `group` that remembers what was replayed")
 	to := fset.String("to", "", "`topic` to replay into, one that a route with this poison topic subscribes to; default: each record's topic_poisoned header")
-	reason := fset.String("reason", "", "replay only records whose reason_poisoned contains `text`; the others are passed over for good in this --group")
+	reason := fset.String("reason", "", "replay only records whose reason_poisoned contains `text`; a partition stops at the first that does not, and leaves it and the rest for a later run")
+	discard := fset.Bool("discard", false, "mark the records (those --reason matches, if given) handled without replaying them")
 	dryRun := fset.Bool("dry-run", false, "print what would be replayed; commit nothing")
 	fset.Usage = func() {
 		fmt.Fprintf(env.Stderr, "Usage: eventrouter replay [flags] POISON_TOPIC\n\n"+
@@ -106,7 +107,7 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 		return fail("%s", oneLine(err))
 	}
 	return &replayer{
-		brokers: addrs, poison: poison, group: *group, rules: rules, dryRun: *dryRun, out: env.Stdout, progress: env.Stderr,
+		brokers: addrs, poison: poison, group: *group, rules: rules, dryRun: *dryRun, discard: *discard, out: env.Stdout, progress: env.Stderr,
 		commitEvery: replayCommitEvery, commitInterval: replayCommitInterval, idle: replayIdle,
 	}, ExitOK
 }
@@ -116,10 +117,19 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 func (r *replayer) main(ctx context.Context, env Env) int {
 	n, skipped, err := r.run(ctx)
 	verb := "replayed"
-	if r.dryRun {
+	switch {
+	case r.dryRun && r.discard:
+		verb = "would discard"
+	case r.dryRun:
 		verb = "would replay"
+	case r.discard:
+		verb = "discarded"
 	}
 	fmt.Fprintf(env.Stdout, "%s %d record(s) from %s; skipped %d\n", verb, n, r.poison, skipped)
+	if r.stopped > 0 {
+		fmt.Fprintf(env.Stdout, "stopped in %d partition(s) at a record --reason %q does not match: it and the records after it are left for a later run\n",
+			r.stopped, r.rules.reason)
+	}
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter replay: %s\n", oneLine(err))
 		return ExitError
@@ -137,19 +147,25 @@ type replayRules struct {
 	// to, when set, is the target of every record instead of its
 	// topic_poisoned header.
 	to string
-	// reason, when set, passes over records whose reason_poisoned does not
+	// reason, when set, stops at records whose reason_poisoned does not
 	// contain it.
 	reason string
+	// routes names the routes of each allowed topic, for the dry run.
+	routes map[string]string
 }
 
 // replayRulesFor returns the rules for poison under routes, or why the
 // command line asks for something the routes do not allow.
 func replayRulesFor(routes []config.Route, poison, to, reason string) (replayRules, error) {
-	rules := replayRules{poison: poison, allowed: map[string]bool{}, to: to, reason: reason}
+	rules := replayRules{poison: poison, allowed: map[string]bool{}, to: to, reason: reason, routes: map[string]string{}}
 	var poisons []string
 	for _, r := range routes {
 		if r.PoisonTopic == poison {
 			rules.allowed[r.SubscribeTopic] = true
+			if rules.routes[r.SubscribeTopic] != "" {
+				rules.routes[r.SubscribeTopic] += ","
+			}
+			rules.routes[r.SubscribeTopic] += r.Name
 		}
 		if !slices.Contains(poisons, r.PoisonTopic) {
 			poisons = append(poisons, r.PoisonTopic)
@@ -249,6 +265,8 @@ type replayer struct {
 	group   string
 	rules   replayRules
 	dryRun  bool
+	// discard marks records handled without replaying them.
+	discard bool
 	out     io.Writer
 	// commitEvery and commitInterval bound what a crash replays again
 	// (see replayCommitEvery).
@@ -259,6 +277,9 @@ type replayer struct {
 	// progress, if set, receives the progress report: a bar on a
 	// terminal, periodic lines otherwise.
 	progress io.Writer
+	// stopped counts the partitions a record --reason does not match
+	// stopped.
+	stopped int
 }
 
 // run replays every record between the group's committed offsets and the
@@ -444,8 +465,15 @@ func (r *replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, p
 				return stop(fmt.Errorf("consumer closed before the end offset %d", end))
 			}
 			idle.Reset(r.idle)
-			if err := r.record(m, producer, &replayed, &skipped); err != nil {
+			filtered, err := r.record(m, producer, &replayed, &skipped)
+			if err != nil {
 				return stop(err)
+			}
+			if filtered {
+				// Nothing is passed over: this record and the rest stay
+				// for a run that replays or discards them.
+				r.stopped++
+				return replayed, skipped, flush()
 			}
 			next = m.Offset + 1
 			pending++
@@ -464,18 +492,27 @@ func (r *replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, p
 	}
 }
 
-// record replays or skips one poisoned record and prints a line for it.
-func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProducer, replayed, skipped *int) error {
+// record replays, discards or skips one poisoned record and prints a line
+// for it. filtered says that --reason does not match it: nothing was done.
+func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProducer, replayed, skipped *int) (filtered bool, err error) {
 	from := fmt.Sprintf("%s/%d/%d", m.Topic, m.Partition, m.Offset)
 	p := r.rules.plan(from, m.Headers)
 	switch {
 	case p.filtered:
-		*skipped++
+		fmt.Fprintf(r.out, "%s: stopped here: reason %q does not contain --reason %q\n", from, p.reason, r.rules.reason)
+		return true, nil
 	case p.skip != "":
 		fmt.Fprintf(r.out, "%s: skipped: %s\n", from, p.skip)
 		*skipped++
+	case r.discard:
+		verb := "discarded"
+		if r.dryRun {
+			verb = "would discard"
+		}
+		fmt.Fprintf(r.out, "%s: %s (route %s, reason %q)\n", from, verb, r.rules.routes[p.target], p.reason)
+		*replayed++
 	case r.dryRun:
-		fmt.Fprintf(r.out, "%s -> %s (key %q): %q\n", from, p.target, m.Key, p.reason)
+		fmt.Fprintf(r.out, "%s -> %s (route %s, key %q): reason %q; value %s\n", from, p.target, r.rules.routes[p.target], m.Key, p.reason, excerpt(m.Value, 120))
 		*replayed++
 	default:
 		rec := &sarama.ProducerMessage{Topic: p.target, Headers: p.headers}
@@ -487,10 +524,18 @@ func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProduce
 		}
 		partition, offset, err := producer.SendMessage(rec)
 		if err != nil {
-			return fmt.Errorf("replay %s to %s: %w", from, p.target, err)
+			return false, fmt.Errorf("replay %s to %s: %w", from, p.target, err)
 		}
 		fmt.Fprintf(r.out, "%s -> %s/%d/%d\n", from, p.target, partition, offset)
 		*replayed++
 	}
-	return nil
+	return false, nil
+}
+
+// excerpt quotes at most n bytes of v, saying how much was left out.
+func excerpt(v []byte, n int) string {
+	if len(v) <= n {
+		return fmt.Sprintf("%q", v)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", v[:n], len(v))
 }

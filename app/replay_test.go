@@ -610,3 +610,61 @@ func TestProgressReports(t *testing.T) {
 		})
 	}
 }
+
+// --reason passes nothing over: a partition stops at the first record it
+// does not match, and a later run (another reason, --discard, or none)
+// takes it from there. The README's sequence of commands replays
+// everything once.
+func TestReplayReasonStopsAndDiscardMarksHandled(t *testing.T) {
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		in, poison := poisonTopics(t, k.Brokers)
+		recs := poisoned(in, 5)
+		for i, reason := range []string{"template bug", "template bug", "bad email", "template bug", "template bug"} {
+			for j, h := range recs[i].Headers {
+				if string(h.Key) == middleware.ReasonForPoisonedKey {
+					recs[i].Headers[j].Value = []byte(reason)
+				}
+			}
+		}
+		produce(t, k.Brokers, poison, recs)
+		path := replayConfig(t, k.Brokers, in, poison)
+		run := func(args ...string) string {
+			t.Helper()
+			code, stdout, stderr := replayMain(context.Background(), &bytes.Buffer{}, append([]string{"replay", "--config", path}, append(args, poison)...)...)
+			if code != ExitOK {
+				t.Fatalf("replay %v = %d %q %q; want 0", args, code, stdout, stderr)
+			}
+			return stdout
+		}
+		steps := []struct {
+			args      []string
+			want      []string
+			committed int64
+		}{
+			{[]string{"--dry-run"}, []string{"(route welcome, key \"0\"): reason \"template bug\"; value \"{\\\"user_id\\\": 0}\"", "would replay 5"}, -1},
+			{[]string{"--reason", "template"}, []string{"replayed 2 record(s)", poison + "/0/2: stopped here: reason \"bad email\"", "left for a later run"}, 2},
+			{[]string{"--discard", "--reason", "email", "--dry-run"}, []string{"would discard 1 record(s)", poison + "/0/3: stopped here"}, 2},
+			{[]string{"--discard", "--reason", "email"}, []string{"discarded 1 record(s)"}, 3},
+			{nil, []string{"replayed 2 record(s)"}, 5},
+			{nil, []string{"replayed 0 record(s)"}, 5},
+		}
+		for _, s := range steps {
+			out := run(s.args...)
+			for _, w := range s.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("replay %v printed %q; want %q in it", s.args, out, w)
+				}
+			}
+			if got := committedOffset(t, k.Brokers, "eventrouter-replay", poison); got != s.committed {
+				t.Errorf("after replay %v the group is at %d; want %d", s.args, got, s.committed)
+			}
+		}
+		got := sources(t, k.Brokers, in, 4)
+		for _, off := range []int{0, 1, 3, 4} {
+			if got[fmt.Sprintf("%s/0/%d", poison, off)] != 1 {
+				t.Errorf("%s holds records from %v; want one each from offsets 0, 1, 3 and 4 (2 was discarded)", in, got)
+				break
+			}
+		}
+	})
+}
