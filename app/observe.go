@@ -111,6 +111,11 @@ func replaySource(msg *message.Message, origin record.Origin) string {
 func messageScope(r config.Route, tracer trace.Tracer, m *metrics) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
+			if g := msg.Metadata.Get(ReplayForGroupKey); g != "" && g != r.ConsumerGroup {
+				// A replay of another route's poisoned record: done here.
+				m.replayed.WithLabelValues(r.Name, "poison_for_other_route").Inc()
+				return nil, nil
+			}
 			if middleware.MessageCorrelationID(msg) == "" {
 				middleware.SetCorrelationID(msg.UUID, msg)
 			}

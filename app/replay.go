@@ -22,6 +22,12 @@ import (
 // record it came from, as topic/partition/offset.
 const ReplayedFromKey = "replayed_from"
 
+// ReplayForGroupKey is the header that sends a replayed record to the
+// route that poisoned it: the consumer group of that route. Other routes
+// of the topic skip the record; consumers other than eventrouter can do
+// the same.
+const ReplayForGroupKey = "replay_for_group"
+
 // Replay commits its progress after replayCommitEvery records or, when
 // records come slowly, once replayCommitInterval has passed, whichever is
 // first. A crash therefore replays at most replayCommitEvery records again;
@@ -152,12 +158,20 @@ type replayRules struct {
 	reason string
 	// routes names the routes of each allowed topic, for the dry run.
 	routes map[string]string
+	// groups holds the consumer group of each route whose poison topic is
+	// poison, by route name (the handler_poisoned header).
+	groups map[string]routeGroup
+}
+
+// routeGroup is a route's subscribe topic and consumer group.
+type routeGroup struct {
+	topic, group string
 }
 
 // replayRulesFor returns the rules for poison under routes, or why the
 // command line asks for something the routes do not allow.
 func replayRulesFor(routes []config.Route, poison, to, reason string) (replayRules, error) {
-	rules := replayRules{poison: poison, allowed: map[string]bool{}, to: to, reason: reason, routes: map[string]string{}}
+	rules := replayRules{poison: poison, allowed: map[string]bool{}, to: to, reason: reason, routes: map[string]string{}, groups: map[string]routeGroup{}}
 	var poisons []string
 	for _, r := range routes {
 		if r.PoisonTopic == poison {
@@ -166,6 +180,7 @@ func replayRulesFor(routes []config.Route, poison, to, reason string) (replayRul
 				rules.routes[r.SubscribeTopic] += ","
 			}
 			rules.routes[r.SubscribeTopic] += r.Name
+			rules.groups[r.Name] = routeGroup{topic: r.SubscribeTopic, group: r.ConsumerGroup}
 		}
 		if !slices.Contains(poisons, r.PoisonTopic) {
 			poisons = append(poisons, r.PoisonTopic)
@@ -185,8 +200,11 @@ type replayPlan struct {
 	// target is the topic to replay into; empty when the record is skipped.
 	target string
 	// headers are the record's own headers, without the poison headers,
-	// and one replayed_from header.
+	// and one replayed_from header, and a replay_for_group header when the
+	// route that poisoned it is known.
 	headers []sarama.RecordHeader
+	// route is the route the record goes back to, when known.
+	route string
 	// reason is the record's reason_poisoned.
 	reason string
 	// skip says why the record is not replayed; empty when it is.
@@ -200,7 +218,7 @@ type replayPlan struct {
 // it is the whole of what a record's headers can make replay do.
 func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) replayPlan {
 	var kept []sarama.RecordHeader
-	var topics, reasons []string
+	var topics, reasons, handlers []string
 	for _, h := range headers {
 		if h == nil {
 			continue
@@ -210,6 +228,10 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 			topics = appendNew(topics, string(h.Value))
 		case key == middleware.ReasonForPoisonedKey:
 			reasons = appendNew(reasons, string(h.Value))
+		case key == middleware.PoisonedHandlerKey:
+			handlers = appendNew(handlers, string(h.Value))
+		case key == ReplayForGroupKey:
+			// This replay says who it is for.
 		case poisonHeaders[key]:
 		case key == ReplayedFromKey:
 			// A record poisoned again after a replay: it names the older
@@ -249,6 +271,15 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 	}
 	p.target = target
 	p.headers = append(kept, sarama.RecordHeader{Key: []byte(ReplayedFromKey), Value: []byte(from)})
+	// Back to the route that poisoned it alone, when the record names one
+	// route of the target topic; otherwise every route of the topic sees
+	// it, as any consumer would.
+	if len(handlers) == 1 {
+		if rg, ok := rules.groups[handlers[0]]; ok && rg.topic == target {
+			p.route = handlers[0]
+			p.headers = append(p.headers, sarama.RecordHeader{Key: []byte(ReplayForGroupKey), Value: []byte(rg.group)})
+		}
+	}
 	return p
 }
 
