@@ -88,6 +88,7 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 	}
 	if fset.NArg() != 1 {
 		fset.Usage()
+		fmt.Fprintf(env.Stderr, "eventrouter replay: name one POISON_TOPIC, got %d argument(s)\n", fset.NArg())
 		return nil, ExitUsage
 	}
 	fail := func(format string, args ...any) (*replayer, int) {

@@ -358,6 +358,15 @@ func TestRewindForgetLedger(t *testing.T) {
 		if want := fmt.Sprintf("forgot %d ledger entries", users-from); res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
 			t.Fatalf("rewind --forget-ledger = %d %q %q; want 0 and %q", res.code, res.stdout, res.stderr, want)
 		}
+		// Forward from the rewound offset: refused without --allow-forward.
+		fwd := []string{"rewind", "welcome", "--config", path, "--to-offset", fmt.Sprint(from + 3), "--partition", "0"}
+		if res := runMain(t, "", nil, append(fwd, "--yes")...); res.code != app.ExitError || !strings.Contains(res.stderr, "--allow-forward") ||
+			!strings.Contains(res.stdout, "forward: skipped") {
+			t.Errorf("rewind forward = %d %q %q; want %d, the forward partition shown and --allow-forward asked for", res.code, res.stdout, res.stderr, app.ExitError)
+		}
+		if got := committed(t, k.Brokers, r.group, r.in, 0); got != from {
+			t.Errorf("committed %d after a refused forward move; want %d", got, from)
+		}
 		startDaemon(t, cfg, app.Options{Notifier: notifier})
 		waitFor(t, consumeTimeout, "the rewound records' emails again", func() bool { return len(notifier.Sent()) >= 2*users-from })
 		waitFor(t, consumeTimeout, "every offset committed again", func() bool { return committed(t, k.Brokers, r.group, r.in, 0) >= users })
