@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"os"
 	"strings"
 	"time"
 
@@ -103,7 +104,11 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 		}
 		*t.into = at
 	}
-	if !f.Until.IsZero() && !f.Until.After(f.Since) {
+	if f.Until.IsZero() {
+		// Entries recorded while the command runs are not the listed ones.
+		f.Until = time.Now()
+	}
+	if !f.Until.After(f.Since) {
 		return fail(ExitUsage, "--until must be after --since")
 	}
 	cfg, err := config.Load(*path, env.Getenv)
@@ -149,7 +154,13 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 			return fail(ExitError, "not confirmed; nothing changed (--yes forgets without asking)")
 		}
 	}
-	gone, err := l.Forget(ctx, f, false)
+	// Only what was listed, whatever was recorded since.
+	del := f
+	del.Keys = nil
+	for _, e := range found {
+		del.Keys = append(del.Keys, e.Key)
+	}
+	gone, err := l.Forget(ctx, del, false)
 	if err != nil {
 		return fail(ExitError, "%s", err)
 	}
@@ -166,6 +177,11 @@ type forgetter interface {
 // openLedgerForCommand opens the configured ledger for a command.
 func openLedgerForCommand(ctx context.Context, cfg config.Config, getenv func(string) string) (forgetter, error) {
 	if cfg.Ledger.Kind != "postgres" {
+		// Opening would create an empty ledger, and every answer would be
+		// "nothing": a wrong directory or --config must not look like that.
+		if _, err := os.Stat(cfg.Ledger.Path); err != nil {
+			return nil, fmt.Errorf("no ledger at %s (ledger.path, relative to where the daemon runs): %w", cfg.Ledger.Path, err)
+		}
 		l, err := ledger.Open(cfg.Ledger.Path)
 		if err != nil {
 			return nil, fmt.Errorf("%w; the bbolt ledger is one daemon's file: stop that daemon first", err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -430,24 +431,8 @@ func (r *replayer) committed(client sarama.Client, partitions []int32) (map[int3
 // commit stores the next offsets to replay from, as a consumer group with
 // no members would.
 func (r *replayer) commit(client sarama.Client, next map[int32]int64) error {
-	coordinator, err := client.Coordinator(r.group)
-	if err != nil {
-		return fmt.Errorf("coordinator of group %s: %w", r.group, err)
-	}
-	req := &sarama.OffsetCommitRequest{Version: 2, ConsumerGroup: r.group, ConsumerGroupGeneration: -1, RetentionTime: -1}
-	for p, off := range next {
-		req.AddBlock(r.poison, p, off, 0, "")
-	}
-	resp, err := coordinator.CommitOffset(req)
-	if err != nil {
+	if err := commitOffsets(client, r.group, r.poison, next, nil); err != nil {
 		return fmt.Errorf("commit replay progress: %w", err)
-	}
-	for _, parts := range resp.Errors {
-		for p, kerr := range parts {
-			if kerr != sarama.ErrNoError {
-				return fmt.Errorf("commit replay progress of partition %d: %w", p, kerr)
-			}
-		}
 	}
 	return nil
 }
@@ -541,10 +526,10 @@ func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProduce
 		if r.dryRun {
 			verb = "would discard"
 		}
-		fmt.Fprintf(r.out, "%s: %s (route %s, reason %q)\n", from, verb, r.rules.routes[p.target], p.reason)
+		fmt.Fprintf(r.out, "%s: %s (route %s, reason %q)\n", from, verb, p.routeName(r.rules), p.reason)
 		*replayed++
 	case r.dryRun:
-		fmt.Fprintf(r.out, "%s -> %s (route %s, key %q): reason %q; value %s\n", from, p.target, r.rules.routes[p.target], m.Key, p.reason, excerpt(m.Value, 120))
+		fmt.Fprintf(r.out, "%s -> %s (route %s, key %q): reason %q; value %s\n", from, p.target, p.routeName(r.rules), m.Key, p.reason, excerpt(m.Value, 120))
 		*replayed++
 	default:
 		rec := &sarama.ProducerMessage{Topic: p.target, Headers: p.headers}
@@ -564,10 +549,25 @@ func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProduce
 	return false, nil
 }
 
-// excerpt quotes at most n bytes of v, saying how much was left out.
-func excerpt(v []byte, n int) string {
-	if len(v) <= n {
-		return fmt.Sprintf("%q", v)
+// routeName is the route the record goes back to: the one that poisoned
+// it when known, else every route of the target topic.
+func (p replayPlan) routeName(rules replayRules) string {
+	if p.route != "" {
+		return p.route
 	}
-	return fmt.Sprintf("%q... (%d bytes)", v[:n], len(v))
+	return rules.routes[p.target]
+}
+
+// emailLike matches what could be an email address, which an excerpt
+// hides: it is personal data.
+var emailLike = regexp.MustCompile(`[^\s"'<>,;:@]+@[^\s"'<>,;:@]+`)
+
+// excerpt quotes at most n bytes of v, with anything like an email
+// address hidden, saying how much was left out.
+func excerpt(v []byte, n int) string {
+	cut := ""
+	if len(v) > n {
+		v, cut = v[:n], fmt.Sprintf("... (%d bytes)", len(v))
+	}
+	return fmt.Sprintf("%q%s", emailLike.ReplaceAll(v, []byte("<email>")), cut)
 }

@@ -51,19 +51,37 @@ type rewindRow struct {
 	committed int64
 	// target is the new offset.
 	target int64
-	// newest is the partition's end offset.
-	newest int64
+	// newest and oldest are the partition's end and start offsets.
+	newest, oldest int64
+	// until is the end of an earlier rewind's range that the route has
+	// not passed yet, 0 for none.
+	until int64
 }
 
-// again is how many records the route handles again from the new offset:
-// those between it and the committed offset (or the end of the partition,
-// where nothing is committed). Negative for a forward move.
-func (r rewindRow) again() int64 {
-	end := r.committed
-	if end < 0 {
-		end = r.newest
+// end is where the route's handled records end: the committed offset, or
+// an unfinished earlier rewind's end past it; where nothing is committed,
+// the oldest offset, as the daemon starts a new group there.
+func (r rewindRow) end() int64 {
+	if r.committed < 0 {
+		return r.oldest
 	}
-	return end - r.target
+	return max(r.committed, r.until)
+}
+
+// again is how many records the route handles again from the new offset.
+// Negative when the new offset is past every handled record.
+func (r rewindRow) again() int64 {
+	return r.end() - r.target
+}
+
+// forward says that the new offset is past where the group would go on
+// from: records between are skipped (never handled, or an earlier
+// rewind's records not handled again yet).
+func (r rewindRow) forward() bool {
+	if r.committed < 0 {
+		return r.target > r.oldest
+	}
+	return r.target > r.committed
 }
 
 // rewindCommand moves a route's consumer group back, per partition, so
@@ -169,7 +187,7 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 	printRewindPlan(env.Stdout, route, target, rows)
 	var forward []string
 	for _, r := range rows {
-		if r.again() < 0 {
+		if r.forward() {
 			forward = append(forward, fmt.Sprint(r.partition))
 		}
 	}
@@ -195,22 +213,23 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 	var l forgetter
 	if *forgetLedger {
 		for _, r := range rows {
-			if end := r.committed; r.again() > 0 {
-				if end < 0 {
-					end = r.newest
-				}
-				sources = append(sources, ledger.SourceRange{Topic: route.SubscribeTopic, Partition: r.partition, From: r.target, To: end})
+			if r.again() > 0 {
+				sources = append(sources, ledger.SourceRange{Topic: route.SubscribeTopic, Partition: r.partition, From: r.target, To: r.end()})
 			}
 		}
 		if l, err = openLedgerForCommand(ctx, cfg, env.Getenv); err != nil {
 			return fail(ExitError, "%s", err)
 		}
 		defer l.Close()
-		found, err := l.Forget(ctx, ledger.Filter{Sources: sources}, true)
-		if err != nil {
-			return fail(ExitError, "%s", err)
+		n := 0
+		if len(sources) > 0 {
+			found, err := l.Forget(ctx, ledger.Filter{Sources: sources}, true)
+			if err != nil {
+				return fail(ExitError, "%s", err)
+			}
+			n = len(found)
 		}
-		fmt.Fprintf(env.Stdout, "--forget-ledger: %d ledger entries were caused by these records; their notifications are sent again\n", len(found))
+		fmt.Fprintf(env.Stdout, "--forget-ledger: %d ledger entries were caused by these records; their notifications are sent again\n", n)
 	}
 	if *dryRun {
 		fmt.Fprintln(env.Stdout, "dry run: nothing changed")
@@ -222,6 +241,11 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
 			return fail(ExitError, "not confirmed; nothing changed (--yes rewinds without asking)")
 		}
+	}
+	// The prompt may have waited: a daemon that started meanwhile would
+	// commit over the rewind.
+	if members, err := groupMembers(admin, route.ConsumerGroup); err != nil || len(members) > 0 {
+		return fail(ExitError, "a member joined group %s while the rewind waited (%s%v); nothing changed", route.ConsumerGroup, strings.Join(members, ", "), err)
 	}
 	if err := commitRewind(client, route, rows, target); err != nil {
 		return fail(ExitError, "%s", err)
@@ -240,6 +264,13 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 			return fail(ExitError, "rewound, but the ledger entries were not forgotten (no notification is sent again): %s", err)
 		}
 		fmt.Fprintf(env.Stdout, "forgot %d ledger entries caused by the rewound records\n", len(gone))
+		// A daemon that started before the entries were gone skipped
+		// some of the records they guard: their notifications are not
+		// sent again after all.
+		if members, err := groupMembers(admin, route.ConsumerGroup); err != nil || len(members) > 0 {
+			return fail(ExitError, "a member joined group %s before the ledger entries were forgotten (%s%v): some of the rewound records may have been handled without sending again; rewind again with --forget-ledger once it is stopped",
+				route.ConsumerGroup, strings.Join(members, ", "), err)
+		}
 	}
 	return ExitOK
 }
@@ -346,13 +377,20 @@ func rewindPlan(client sarama.Client, admin sarama.ClusterAdmin, route config.Ro
 	var rows []rewindRow
 	for _, p := range partitions {
 		row := rewindRow{partition: p, committed: -1}
-		if b := offsets.GetBlock(topic, p); b != nil && b.Err == sarama.ErrNoError {
+		if b := offsets.GetBlock(topic, p); b != nil {
+			if b.Err != sarama.ErrNoError {
+				return nil, fmt.Errorf("committed offset of %s/%d: %w", topic, p, b.Err)
+			}
 			row.committed = b.Offset
+			if strings.HasPrefix(b.Metadata, consume.RewindMarker) {
+				_, _ = fmt.Sscanf(strings.TrimPrefix(b.Metadata, consume.RewindMarker), "%d", &row.until)
+			}
 		}
 		oldest, err := client.GetOffset(topic, p, sarama.OffsetOldest)
 		if err != nil {
 			return nil, fmt.Errorf("earliest offset of %s/%d: %w", topic, p, err)
 		}
+		row.oldest = oldest
 		if row.newest, err = client.GetOffset(topic, p, sarama.OffsetNewest); err != nil {
 			return nil, fmt.Errorf("end offset of %s/%d: %w", topic, p, err)
 		}
@@ -387,9 +425,13 @@ func printRewindPlan(w io.Writer, route config.Route, target rewindTarget, rows 
 		if r.committed < 0 {
 			committed = "none"
 		}
-		again := fmt.Sprint(r.again())
-		if r.again() < 0 {
-			again = fmt.Sprintf("%d (forward: skipped)", r.again())
+		again := fmt.Sprint(max(r.again(), 0))
+		if r.forward() {
+			skipped := r.target - r.committed
+			if r.committed < 0 {
+				skipped = r.target - r.oldest
+			}
+			again += fmt.Sprintf(" (forward: %d skipped)", skipped)
 		}
 		total += max(r.again(), 0)
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t\n", r.partition, committed, r.target, again)
@@ -399,44 +441,18 @@ func printRewindPlan(w io.Writer, route config.Route, target rewindTarget, rows 
 }
 
 // commitRewind commits the new offsets for the group, which has no member,
-// and reads them back.
+// in one request, and reads them back.
 func commitRewind(client sarama.Client, route config.Route, rows []rewindRow, target rewindTarget) error {
-	om, err := sarama.NewOffsetManagerFromClient(route.ConsumerGroup, client)
-	if err != nil {
-		return fmt.Errorf("offset manager: %w", err)
-	}
-	var poms []sarama.PartitionOffsetManager
+	next := map[int32]int64{}
+	meta := map[int32]string{}
 	for _, r := range rows {
+		next[r.partition] = r.target
 		// The subscriber reads the end of the range back, to tell the
 		// records handled again from new ones.
-		end := r.committed
-		if end < 0 {
-			end = r.newest
-		}
-		meta := fmt.Sprintf("%s%d to %s", consume.RewindMarker, end, target)
-		pom, err := om.ManagePartition(route.SubscribeTopic, r.partition)
-		if err != nil {
-			om.Close()
-			return fmt.Errorf("manage %s/%d: %w", route.SubscribeTopic, r.partition, err)
-		}
-		// ResetOffset only moves back, MarkOffset only forward.
-		pom.ResetOffset(r.target, meta)
-		pom.MarkOffset(r.target, meta)
-		poms = append(poms, pom)
+		meta[r.partition] = fmt.Sprintf("%s%d to %s", consume.RewindMarker, r.end(), target)
 	}
-	om.Commit()
-	var errs []error
-	for _, pom := range poms {
-		pom.AsyncClose()
-		for perr := range pom.Errors() {
-			errs = append(errs, perr)
-		}
-	}
-	if err := om.Close(); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("commit the new offsets: %w", errors.Join(errs...))
+	if err := commitOffsets(client, route.ConsumerGroup, route.SubscribeTopic, next, meta); err != nil {
+		return fmt.Errorf("commit the new offsets: %w", err)
 	}
 	admin, err := sarama.NewClusterAdminFromClient(client)
 	if err != nil {
@@ -454,6 +470,33 @@ func commitRewind(client sarama.Client, route config.Route, rows []rewindRow, ta
 		if b := got.GetBlock(route.SubscribeTopic, r.partition); b == nil || b.Offset != r.target {
 			return fmt.Errorf("partition %d: the broker holds offset %v after the commit; want %d (did a daemon of the route start meanwhile?)",
 				r.partition, b, r.target)
+		}
+	}
+	return nil
+}
+
+// commitOffsets commits next offsets of topic's partitions for group, as a
+// group with no members does (generation -1), in one request, and reports
+// any partition the broker refused. meta, if set, is each partition's
+// commit metadata.
+func commitOffsets(client sarama.Client, group, topic string, next map[int32]int64, meta map[int32]string) error {
+	coordinator, err := client.Coordinator(group)
+	if err != nil {
+		return fmt.Errorf("coordinator of group %s: %w", group, err)
+	}
+	req := &sarama.OffsetCommitRequest{Version: 2, ConsumerGroup: group, ConsumerGroupGeneration: -1, RetentionTime: -1}
+	for p, off := range next {
+		req.AddBlock(topic, p, off, 0, meta[p])
+	}
+	resp, err := coordinator.CommitOffset(req)
+	if err != nil {
+		return fmt.Errorf("commit offsets of group %s: %w", group, err)
+	}
+	for _, parts := range resp.Errors {
+		for p, kerr := range parts {
+			if kerr != sarama.ErrNoError {
+				return fmt.Errorf("commit offset of partition %d for group %s: %w", p, group, kerr)
+			}
 		}
 	}
 	return nil

@@ -361,7 +361,7 @@ func TestRewindForgetLedger(t *testing.T) {
 		// Forward from the rewound offset: refused without --allow-forward.
 		fwd := []string{"rewind", "welcome", "--config", path, "--to-offset", fmt.Sprint(from + 3), "--partition", "0"}
 		if res := runMain(t, "", nil, append(fwd, "--yes")...); res.code != app.ExitError || !strings.Contains(res.stderr, "--allow-forward") ||
-			!strings.Contains(res.stdout, "forward: skipped") {
+			!strings.Contains(res.stdout, "forward: 3 skipped") {
 			t.Errorf("rewind forward = %d %q %q; want %d, the forward partition shown and --allow-forward asked for", res.code, res.stdout, res.stderr, app.ExitError)
 		}
 		if got := committed(t, k.Brokers, r.group, r.in, 0); got != from {

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +66,15 @@ func (f Filter) matches(key, eventID string, sentAt time.Time) bool {
 		return false
 	}
 	return !sentAt.Before(f.Since) && (f.Until.IsZero() || sentAt.Before(f.Until))
+}
+
+// check refuses a filter that selects every entry: forgetting the whole
+// ledger would resend every notification on the next delivery.
+func (f Filter) check() error {
+	if f.Prefix == "" && len(f.Keys) == 0 && len(f.Sources) == 0 && f.Since.IsZero() && f.Until.IsZero() {
+		return errors.New("ledger forget: refusing a filter that selects every entry")
+	}
+	return nil
 }
 
 // Forgotten is an entry Forget removed, or would remove.

@@ -356,6 +356,9 @@ func (l *Ledger) flushMarks(tx *bolt.Tx) error {
 // with dryRun it removes nothing. Only a process that holds the file can
 // forget: stop the daemon first.
 func (l *Ledger) Forget(_ context.Context, f Filter, dryRun bool) ([]Forgotten, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
 	var out []Forgotten
 	update := l.db.Update
 	if dryRun {

@@ -174,6 +174,9 @@ func TestForgetIsNarrow(t *testing.T) {
 				t.Errorf("Forget(%s, dry run) = %s, %v; want %s", tt.name, keys(got), err, tt.want)
 			}
 		}
+		if _, err := l.Forget(ctx, ledger.Filter{}, true); err == nil {
+			t.Error("Forget with an empty filter = nil; want a refusal")
+		}
 		got, err := l.Forget(ctx, tests[0].f, false)
 		if err != nil || keys(got) != "welcome/2,welcome/3" {
 			t.Fatalf("Forget(since) = %s, %v; want welcome/2,welcome/3", keys(got), err)

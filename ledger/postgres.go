@@ -788,6 +788,9 @@ func (p *Postgres) forget(key string, e Entry) {
 // with dryRun it removes nothing. Daemons may run meanwhile: a claim not
 // yet recorded is never removed.
 func (p *Postgres) Forget(ctx context.Context, f Filter, dryRun bool) ([]Forgotten, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
 	// An event ID that is not topic/partition/offset (a producer's UUID,
 	// from before origins) is in no range.
 	where := `left(key, length($1)) = $1 AND (cardinality($2::text[]) = 0 OR key = ANY($2))
