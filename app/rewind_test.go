@@ -222,6 +222,24 @@ func TestRewindByTime(t *testing.T) {
 			t.Error("no log line of the rewound records says replayed=rewind")
 		}
 		fmt.Printf("rewind on %s: 3 batches of %d, rewound to the second: %d records handled, %d emails\n", k.Name, perBatch, seen.total(), len(notifier.Sent()))
+
+		// --by-duration reads the offset index as --to-time does; a move
+		// past a record not handled yet needs --allow-forward.
+		if err := d2.stop(); err != nil {
+			t.Fatal(err)
+		}
+		if res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--by-duration", "30m", "--dry-run"); res.code != app.ExitOK ||
+			!strings.Contains(res.stdout, "to the first record at or after") {
+			t.Errorf("rewind --by-duration 30m --dry-run = %d %q %q; want 0 and the plan", res.code, res.stdout, res.stderr)
+		}
+		fresh := produceAt(t, k.Brokers, r.in, 0, time.Now(), []kafkatest.Record{event(users, userEmail(users))})[0]
+		res = runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-offset", fmt.Sprint(fresh+1), "--partition", "0", "--allow-forward", "--yes")
+		if res.code != app.ExitOK || !strings.Contains(res.stdout, "forward: 1 skipped") {
+			t.Errorf("rewind --allow-forward = %d %q %q; want 0 and 1 record skipped", res.code, res.stdout, res.stderr)
+		}
+		if got := committed(t, k.Brokers, r.group, r.in, 0); got != fresh+1 {
+			t.Errorf("committed %d after a forward move; want %d", got, fresh+1)
+		}
 	})
 }
 
@@ -299,6 +317,10 @@ func TestForgetResendsExactlyThoseEmails(t *testing.T) {
 		if res := runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome"); res.code != app.ExitUsage ||
 			!strings.Contains(res.stderr, "never takes every entry") {
 			t.Errorf("ledger forget without --since or --user = %d %q; want %d and a refusal", res.code, res.stderr, app.ExitUsage)
+		}
+		res = runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome", "--user", "3", "--dry-run")
+		if res.code != app.ExitOK || !strings.Contains(res.stdout, "1 entries of template welcome for user(s) 3") || !strings.Contains(res.stdout, "  user 3  sent ") {
+			t.Errorf("ledger forget --user 3 --dry-run = %d %q %q; want 0 and user 3 listed", res.code, res.stdout, res.stderr)
 		}
 		res = runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome", "--since", since, "--yes")
 		if res.code != app.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("forgot %d entries", half)) {
