@@ -73,12 +73,22 @@ func (o *offsetsSeen) times(partition int32, offset int64) int {
 // returns their offsets.
 func produceAt(t *testing.T, brokers []string, topic string, partition int32, at time.Time, recs []kafkatest.Record) []int64 {
 	t.Helper()
+	offsets, err := sendTo(brokers, topic, partition, at, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return offsets
+}
+
+// sendTo writes records with the given timestamp to one partition, and
+// returns their offsets. It is safe to call from any goroutine.
+func sendTo(brokers []string, topic string, partition int32, at time.Time, recs []kafkatest.Record) ([]int64, error) {
 	cfg := kafkatest.Config()
 	cfg.Producer.Return.Successes = true
 	cfg.Producer.Partitioner = sarama.NewManualPartitioner
 	p, err := sarama.NewSyncProducer(brokers, cfg)
 	if err != nil {
-		t.Fatalf("producer: %v", err)
+		return nil, fmt.Errorf("producer: %w", err)
 	}
 	defer p.Close()
 	var offsets []int64
@@ -86,11 +96,11 @@ func produceAt(t *testing.T, brokers []string, topic string, partition int32, at
 		_, off, err := p.SendMessage(&sarama.ProducerMessage{Topic: topic, Partition: partition, Timestamp: at,
 			Key: sarama.ByteEncoder(r.Key), Value: sarama.ByteEncoder(r.Value)})
 		if err != nil {
-			t.Fatalf("produce to %s/%d: %v", topic, partition, err)
+			return nil, fmt.Errorf("produce to %s/%d: %w", topic, partition, err)
 		}
 		offsets = append(offsets, off)
 	}
-	return offsets
+	return offsets, nil
 }
 
 // writeRouteConfig writes a config file with brokers, route r and extra,

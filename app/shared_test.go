@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama"
-
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/kafkatest"
@@ -175,27 +173,6 @@ func writeSharedConfig(t *testing.T, r route, extra string) string {
 	return path
 }
 
-// produceToPartition writes records to one partition of topic.
-func produceToPartition(t *testing.T, brokers []string, topic string, partition int32, recs []kafkatest.Record) {
-	t.Helper()
-	cfg := kafkatest.Config()
-	cfg.Producer.Return.Successes = true
-	cfg.Producer.Partitioner = sarama.NewManualPartitioner
-	p, err := sarama.NewSyncProducer(brokers, cfg)
-	if err != nil {
-		t.Errorf("producer: %v", err)
-		return
-	}
-	defer p.Close()
-	msgs := make([]*sarama.ProducerMessage, len(recs))
-	for i, r := range recs {
-		msgs[i] = &sarama.ProducerMessage{Topic: topic, Partition: partition, Key: sarama.ByteEncoder(r.Key), Value: sarama.ByteEncoder(r.Value)}
-	}
-	if err := p.SendMessages(msgs); err != nil {
-		t.Errorf("produce to %s/%d: %v", topic, partition, err)
-	}
-}
-
 // The same users registered on two partitions at the same moment, each
 // partition consumed by another instance: each user gets one email.
 func TestSameUserOnTwoPartitionsSendsOnce(t *testing.T) {
@@ -221,7 +198,11 @@ func TestSameUserOnTwoPartitionsSendsOnce(t *testing.T) {
 			rec.Key = fmt.Appendf(nil, "request-%d-%d", p, i)
 			recs = append(recs, rec)
 		}
-		wg.Go(func() { produceToPartition(t, brokers, r.in, p, recs) })
+		wg.Go(func() {
+			if _, err := sendTo(brokers, r.in, p, time.Now(), recs); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 	wg.Wait()
 	// The second event of a user announces the email again, or, once the
