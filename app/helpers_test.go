@@ -228,19 +228,17 @@ func (r *recorder) Sent() []notify.Message {
 // error.
 func count(t *testing.T, brokers []string, topic string) int64 {
 	t.Helper()
-	deadline := time.Now().Add(consumeTimeout)
-	for {
-		n, err := countOnce(brokers, topic)
-		electing := errors.Is(err, sarama.ErrNotLeaderForPartition) || errors.Is(err, sarama.ErrLeaderNotAvailable) ||
-			errors.Is(err, sarama.ErrOffsetNotAvailable)
-		if !electing || time.Now().After(deadline) {
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-		time.Sleep(100 * time.Millisecond)
+	var n int64
+	var err error
+	waitFor(t, consumeTimeout, "partition leaders of "+topic, func() bool {
+		n, err = countOnce(brokers, topic)
+		return !errors.Is(err, sarama.ErrNotLeaderForPartition) && !errors.Is(err, sarama.ErrLeaderNotAvailable) &&
+			!errors.Is(err, sarama.ErrOffsetNotAvailable)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return n
 }
 
 func countOnce(brokers []string, topic string) (int64, error) {

@@ -346,6 +346,10 @@ func testBrokerRestart(t *testing.T, brokers []string, stopBroker, startBroker f
 	stopBroker()
 	time.Sleep(3 * time.Second) // the daemon notices and keeps trying
 	startBroker()
+	// The producer gives up after a few retries; a restarted broker
+	// elects its partitions' leaders first (count waits for that).
+	count(t, brokers, r.in)
+	count(t, brokers, r.out)
 
 	produceEvents(t, brokers, r.in, events/2, events)
 	waitForDistinct(t, brokers, r.out, events, 3*time.Minute)

@@ -184,14 +184,30 @@ func TestDatabaseFailureIsAnOutage(t *testing.T) {
 	}
 	release()
 	pgtest.Exec(t, dsn, "ALTER TABLE moved RENAME TO eventrouter_ledger")
-	deadline := time.Now().Add(10 * time.Second)
-	for pgtest.QueryInt(t, dsn, "SELECT count(*) FROM eventrouter_ledger WHERE key = 'welcome/1' AND sent_at IS NOT NULL") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the unrecorded entry is not in the table 10s after it is back")
+	waitFor(t, 10*time.Second, "the unrecorded entry in the table once it is back", func() bool {
+		return pgtest.QueryInt(t, dsn, "SELECT count(*) FROM eventrouter_ledger WHERE key = 'welcome/1' AND sent_at IS NOT NULL") == 1
+	})
+}
+
+// waitFor checks cond on a ticker until it holds, or fails the test after
+// timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		case <-tick.C:
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// outage keeps a server away for d: the outage's length is what the
+// caller tests, not a wait for anything to happen.
+func outage(d time.Duration) { <-time.After(d) }
 
 // A database outage longer than the lease lets no claim of a live owner go:
 // the restarted server gives every owner a whole lease to renew.
@@ -208,12 +224,9 @@ func TestOutageLongerThanTheLeaseKeepsClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopDB()
-	down := time.Now()
 	// Longer than the lease: every lease_until is in the past when the
 	// server is back.
-	for time.Since(down) < lease+time.Second {
-		time.Sleep(100 * time.Millisecond)
-	}
+	outage(lease + time.Second)
 	startDB()
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -379,10 +392,7 @@ func TestNetworkOutageLongerThanTheLeaseKeepsClaims(t *testing.T) {
 	defer release()
 	pa.down()
 	pb.down()
-	down := time.Now()
-	for time.Since(down) < lease+time.Second {
-		time.Sleep(100 * time.Millisecond)
-	}
+	outage(lease + time.Second)
 	// b comes back first; a a moment later, as reconnects go.
 	pb.up()
 	wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
