@@ -87,7 +87,7 @@ Exit codes: 0 valid (and reachable), 1 unreachable, 2 problems found.
 	if cfg.Kafka.Embedded.Enabled {
 		fmt.Fprintf(env.Stdout, "kafka: embedded broker on %s; it starts with the daemon, so there is nothing to reach yet\n", cfg.Kafka.Embedded.Listen)
 	} else {
-		ok = liveCheck(ctx, cfg, env.Stdout)
+		ok = liveCheck(ctx, d.kafka, cfg, env.Stdout)
 	}
 	if cfg.Ledger.Kind == "postgres" && d != nil {
 		ok = ledgerCheck(ctx, d.ledgerDSN, env.Stdout) && ok
@@ -166,20 +166,24 @@ func splitJoined(err error) []error {
 
 // liveCheck reports, per route, whether the brokers answer and whether its
 // topics exist, with their partition counts.
-func liveCheck(ctx context.Context, cfg config.Config, out io.Writer) bool {
-	c := saramaConfig(cfg.Kafka)
+func liveCheck(ctx context.Context, a kafkaAccess, cfg config.Config, out io.Writer) bool {
+	if err := a.refusal(ctx); err != nil {
+		fmt.Fprintln(out, err)
+		return false
+	}
+	c := a.saramaConfig()
 	c.ClientID = cfg.Kafka.ClientID + "-check"
 	c.Metadata.Retry.Max = 1
 	// Looking must not create topics.
 	c.Metadata.AllowAutoTopicCreation = false
-	brokers := strings.Join(cfg.Kafka.Brokers, ",")
-	client, err := sarama.NewClient(cfg.Kafka.Brokers, c)
+	brokers := strings.Join(a.brokers, ",")
+	client, err := sarama.NewClient(a.brokers, c)
 	if err != nil {
 		fmt.Fprintf(out, "kafka %s: unreachable: %v\n", brokers, err)
 		return false
 	}
 	defer client.Close()
-	fmt.Fprintf(out, "kafka %s: reachable (%d broker(s))\n", brokers, len(client.Brokers()))
+	fmt.Fprintf(out, "kafka %s: reachable (%d broker(s), %s)\n", brokers, len(client.Brokers()), a.protocol())
 	autoCreate := autoCreateTopics(client)
 	for _, r := range cfg.Routes {
 		if ctx.Err() != nil {

@@ -92,6 +92,8 @@ type Daemon struct {
 	// ledgerDSN is the shared ledger's connection string, read in New; it
 	// holds a password and is never logged.
 	ledgerDSN string
+	// kafka makes the Kafka clients; its credentials are read in New.
+	kafka kafkaAccess
 	// shared is the open shared ledger, for readiness; nil with bbolt.
 	shared atomic.Pointer[ledger.Postgres]
 }
@@ -136,8 +138,12 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 			errs = append(errs, err)
 		}
 	}
+	access, err := newKafkaAccess(cfg.Kafka, cfg.Brokers(), getenv)
+	if err != nil {
+		errs = append(errs, splitJoined(err)...)
+	}
 	// The Kafka clients refuse these settings only when they connect.
-	for _, c := range []*sarama.Config{subscriberConfig(cfg.Kafka), publisherConfig(cfg.Kafka)} {
+	for _, c := range []*sarama.Config{access.subscriberConfig(), access.publisherConfig()} {
 		if err := c.Validate(); err != nil {
 			errs = append(errs, &config.KeyError{Key: "kafka", Msg: strings.TrimPrefix(err.Error(), "kafka: ")})
 			break
@@ -157,6 +163,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
 		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
 		running: make(chan struct{}), opsToken: token, notifier: built, ledgerDSN: dsn,
+		kafka: access,
 	}, nil
 }
 
@@ -231,6 +238,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}()
 	}
 
+	if d.cfg.Kafka.TLS.InsecureSkipVerify {
+		d.logger.Warn("kafka.tls.insecure_skip_verify is on: the brokers' certificates are not checked, so anyone on the path can read and change the traffic")
+	}
+	// Credentials and certificates the brokers refuse fail the start at
+	// once, in one line; the clients would retry them for ever.
+	if err := d.kafka.refusal(ctx); err != nil {
+		return err
+	}
+
 	l, err := d.openLedger(ctx)
 	if err != nil {
 		return err
@@ -267,9 +283,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	tracer := tp.Tracer("github.com/eventrouter/eventrouter")
 
-	brokers := d.cfg.Brokers()
 	wlog := watermill.NewSlogLogger(d.logger.With("component", "watermill"))
-	pub, err := newPublisher(d.cfg.Kafka, brokers, wlog)
+	pub, err := newPublisher(d.kafka, wlog)
 	if err != nil {
 		return err
 	}
@@ -284,7 +299,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.subs = make(map[string]*consume.Subscriber, len(d.cfg.Routes))
 	for _, r := range d.cfg.Routes {
 		d.breakers[r.Name] = d.newBreaker(r)
-		sub, err := newSubscriber(d.cfg.Kafka, brokers, r, d.logger)
+		sub, err := newSubscriber(d.kafka, r, d.logger)
 		if err != nil {
 			return err
 		}
@@ -292,7 +307,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.prom.MustRegister(newConsumerCollector(d.subs))
 	if d.cfg.Ops.Enabled {
-		stopOps, err := d.startOps(brokers)
+		stopOps, err := d.startOps()
 		if err != nil {
 			return err
 		}
@@ -325,7 +340,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	select {
 	case <-router.Running():
-		d.logger.Info("router running", "routes", len(d.cfg.Routes), "brokers", strings.Join(brokers, ","))
+		d.logger.Info("router running", "routes", len(d.cfg.Routes), "brokers", strings.Join(d.kafka.brokers, ","), "security", d.kafka.protocol())
 		close(d.running)
 	case err := <-routerDone:
 		return fmt.Errorf("start router: %w", err)

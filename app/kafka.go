@@ -16,21 +16,10 @@ import (
 	"github.com/eventrouter/eventrouter/record"
 )
 
-// saramaConfig returns the client settings shared by every Kafka client the
-// daemon makes. cfg was validated, so its version parses.
-func saramaConfig(cfg config.Kafka) *sarama.Config {
-	c := sarama.NewConfig()
-	c.Version, _ = sarama.ParseKafkaVersion(cfg.Version)
-	c.ClientID = cfg.ClientID
-	c.Net.DialTimeout = cfg.DialTimeout
-	c.Net.ReadTimeout = cfg.RequestTimeout
-	c.Metadata.Retry.Backoff = 250 * time.Millisecond
-	return c
-}
-
 // subscriberConfig is saramaConfig for a route's consumer group.
-func subscriberConfig(cfg config.Kafka) *sarama.Config {
-	c := saramaConfig(cfg)
+func (a kafkaAccess) subscriberConfig() *sarama.Config {
+	cfg := a.cfg
+	c := a.saramaConfig()
 	c.Consumer.Return.Errors = true
 	// As the seed's consumer does: a new group starts at the oldest record,
 	// so events published before the router first started are not lost.
@@ -51,8 +40,8 @@ func subscriberConfig(cfg config.Kafka) *sarama.Config {
 
 // publisherConfig is saramaConfig for the publisher of produced events and
 // poisoned records.
-func publisherConfig(cfg config.Kafka) *sarama.Config {
-	c := saramaConfig(cfg)
+func (a kafkaAccess) publisherConfig() *sarama.Config {
+	c := a.saramaConfig()
 	c.Producer.Return.Successes = true
 	c.Producer.RequiredAcks = sarama.WaitForAll
 	// Idempotence keeps a producer retry from writing a record twice.
@@ -65,35 +54,35 @@ func publisherConfig(cfg config.Kafka) *sarama.Config {
 
 // newPublisher connects the publisher of produced events and poisoned
 // records.
-func newPublisher(cfg config.Kafka, brokers []string, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
+func newPublisher(a kafkaAccess, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
 	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               brokers,
+		Brokers:               a.brokers,
 		Marshaler:             record.Marshaler{},
-		OverwriteSaramaConfig: publisherConfig(cfg),
+		OverwriteSaramaConfig: a.publisherConfig(),
 	}, logger)
 	if err != nil {
-		return nil, fmt.Errorf("connect to kafka at %s: %w", strings.Join(brokers, ","), err)
+		return nil, fmt.Errorf("connect to kafka at %s: %w", strings.Join(a.brokers, ","), err)
 	}
 	return pub, nil
 }
 
 // newSubscriber makes the subscriber of route r's consumer group. It
 // connects when it subscribes.
-func newSubscriber(cfg config.Kafka, brokers []string, r config.Route, logger *slog.Logger) (*consume.Subscriber, error) {
+func newSubscriber(a kafkaAccess, r config.Route, logger *slog.Logger) (*consume.Subscriber, error) {
 	ordering, err := consume.ParseOrdering(r.Ordering)
 	if err != nil {
 		return nil, fmt.Errorf("route %s: %w", r.Name, err)
 	}
 	sub, err := consume.NewSubscriber(consume.Config{
-		Brokers:       brokers,
+		Brokers:       a.brokers,
 		ConsumerGroup: r.ConsumerGroup,
-		Sarama:        subscriberConfig(cfg),
+		Sarama:        a.subscriberConfig(),
 		Unmarshaler:   record.Marshaler{},
 		Ordering:      ordering,
 		MaxInFlight:   r.MaxInFlight,
 		// A revoked partition lets its records in flight finish, but the
 		// member must rejoin within the rebalance timeout.
-		RevokeTimeout: cfg.RebalanceTimeout * 3 / 4,
+		RevokeTimeout: a.cfg.RebalanceTimeout * 3 / 4,
 		Logger:        logger.With("component", "consumer", "route", r.Name),
 	})
 	if err != nil {
@@ -103,9 +92,13 @@ func newSubscriber(cfg config.Kafka, brokers []string, r config.Route, logger *s
 }
 
 // NewPublisher returns the Kafka publisher exactly as the daemon configures
-// it, for tools such as the benchmark.
-func NewPublisher(cfg config.Kafka, brokers []string) (message.Publisher, error) {
-	return newPublisher(cfg, brokers, watermill.NopLogger{})
+// it, for tools such as the benchmark. getenv gives the SASL password.
+func NewPublisher(cfg config.Kafka, brokers []string, getenv func(string) string) (message.Publisher, error) {
+	a, err := newKafkaAccess(cfg, brokers, getenv)
+	if err != nil {
+		return nil, err
+	}
+	return newPublisher(a, watermill.NopLogger{})
 }
 
 // sticky is sarama's sticky strategy with a new instance for each plan.

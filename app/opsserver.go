@@ -33,9 +33,10 @@ func (d *Daemon) inFlight() int64 {
 
 // startOps connects the broker probe, registers the lag metric and serves
 // the ops endpoints. The returned func stops it all.
-func (d *Daemon) startOps(brokers []string) (func(), error) {
+func (d *Daemon) startOps() (func(), error) {
 	token := d.opsToken
-	c := saramaConfig(d.cfg.Kafka)
+	brokers := d.kafka.brokers
+	c := d.kafka.saramaConfig()
 	c.ClientID = d.cfg.Kafka.ClientID + "-ops"
 	c.Metadata.Retry.Max = 0
 	// Looking must not create topics.
@@ -60,6 +61,9 @@ func (d *Daemon) startOps(brokers []string) (func(), error) {
 	}
 	addr := ln.Addr().String()
 	d.opsAddr.Store(&addr)
+	if ip := ln.Addr().(*net.TCPAddr).IP; token == "" && !ip.IsLoopback() {
+		d.logger.Warn("ops server listens beyond loopback without a token: anyone who reaches it can read the metrics and readiness; set ops.token_env or ops.token_file", "addr", addr)
+	}
 	srv := &http.Server{
 		Handler:           ops.Handler(ops.Options{Token: token, Ready: d.ready, Gatherer: d.prom}),
 		ReadHeaderTimeout: 5 * time.Second,

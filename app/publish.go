@@ -38,13 +38,17 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintln(env.Stderr, "eventrouter publish: give one EVENT argument, or none to read stdin (quote the JSON)")
 		return ExitUsage
 	}
-	addrs, err := publishBrokers(*brokers, *path, env.Getenv)
+	kcfg, addrs, err := publishBrokers(*brokers, *path, env.Getenv)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", oneLine(err))
 		return ExitUsage
 	}
-
-	c := publisherConfig(config.Defaults().Kafka)
+	access, err := commandAccess(ctx, kcfg, addrs, env.Getenv)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", oneLine(err))
+		return ExitError
+	}
+	c := access.publisherConfig()
 	c.ClientID = "eventrouter-publish"
 	producer, err := sarama.NewAsyncProducer(addrs, c)
 	if err != nil {
@@ -68,21 +72,23 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 }
 
 // publishBrokers picks the brokers: the flag, then the environment, then
-// the config file if there is one, then the embedded broker's default.
-func publishBrokers(flagValue, path string, getenv func(string) string) ([]string, error) {
-	for _, list := range []string{flagValue, getenv(config.BrokersEnv)} {
-		if strings.TrimSpace(list) != "" {
-			return strings.Split(strings.ReplaceAll(list, " ", ""), ","), nil
-		}
-	}
+// the config file if there is one, then the embedded broker's default. The
+// other Kafka settings, TLS and SASL among them, come from the config file
+// if there is one.
+func publishBrokers(flagValue, path string, getenv func(string) string) (config.Kafka, []string, error) {
 	cfg, err := config.Load(path, getenv)
 	if errors.Is(err, fs.ErrNotExist) {
-		return []string{config.Defaults().Kafka.Embedded.Listen}, nil
+		cfg, err = config.Defaults(), nil
+		cfg.Kafka.Brokers = []string{cfg.Kafka.Embedded.Listen}
 	}
 	if err != nil {
-		return nil, err
+		return config.Kafka{}, nil, err
 	}
-	return cfg.Brokers(), nil
+	brokers := cfg.Brokers()
+	if list := flagValue; strings.TrimSpace(list) != "" {
+		brokers = strings.Split(strings.ReplaceAll(list, " ", ""), ",")
+	}
+	return cfg.Kafka, brokers, nil
 }
 
 type publisher struct {

@@ -27,15 +27,15 @@ func TestPubSub(t *testing.T) {
 		for _, ordering := range []string{"key", "partition", "unordered"} {
 			t.Run(ordering, func(t *testing.T) {
 				t.Parallel()
-				cfg := config.Defaults().Kafka
+				access := kafkaAccess{cfg: config.Defaults().Kafka, brokers: k.Brokers}
 				newPubSub := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-					pub, err := newPublisher(cfg, k.Brokers, watermill.NopLogger{})
+					pub, err := newPublisher(access, watermill.NopLogger{})
 					if err != nil {
 						t.Fatal(err)
 					}
 					route := config.DefaultRoute(config.Defaults().Retry)
 					route.Name, route.ConsumerGroup, route.Ordering = "pubsub", group, ordering
-					sub, err := newSubscriber(cfg, k.Brokers, route, slog.New(slog.DiscardHandler))
+					sub, err := newSubscriber(access, route, slog.New(slog.DiscardHandler))
 					if err != nil {
 						t.Fatal(err)
 					}

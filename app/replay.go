@@ -110,12 +110,16 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 	if err != nil {
 		return fail("%s: %s", *path, err)
 	}
-	addrs, err := publishBrokers(*brokers, *path, env.Getenv)
+	addrs := cfg.Brokers()
+	if strings.TrimSpace(*brokers) != "" {
+		addrs = strings.Split(strings.ReplaceAll(*brokers, " ", ""), ",")
+	}
+	access, err := newKafkaAccess(cfg.Kafka, addrs, env.Getenv)
 	if err != nil {
 		return fail("%s", oneLine(err))
 	}
 	return &replayer{
-		brokers: addrs, poison: poison, group: *group, rules: rules, dryRun: *dryRun, discard: *discard, out: env.Stdout, progress: env.Stderr,
+		kafka: access, poison: poison, group: *group, rules: rules, dryRun: *dryRun, discard: *discard, out: env.Stdout, progress: env.Stderr,
 		commitEvery: replayCommitEvery, commitInterval: replayCommitInterval, idle: replayIdle,
 	}, ExitOK
 }
@@ -293,11 +297,11 @@ func appendNew(list []string, s string) []string {
 }
 
 type replayer struct {
-	brokers []string
-	poison  string
-	group   string
-	rules   replayRules
-	dryRun  bool
+	kafka  kafkaAccess
+	poison string
+	group  string
+	rules  replayRules
+	dryRun bool
 	// discard marks records handled without replaying them.
 	discard bool
 	out     io.Writer
@@ -318,12 +322,15 @@ type replayer struct {
 // run replays every record between the group's committed offsets and the
 // poison topic's end offsets at the start.
 func (r *replayer) run(ctx context.Context) (replayed, skipped int, err error) {
-	cfg := publisherConfig(config.Defaults().Kafka)
+	if err := r.kafka.refusal(ctx); err != nil {
+		return 0, 0, err
+	}
+	cfg := r.kafka.publisherConfig()
 	cfg.ClientID = "eventrouter-replay"
 	cfg.Metadata.AllowAutoTopicCreation = false
-	client, err := sarama.NewClient(r.brokers, cfg)
+	client, err := sarama.NewClient(r.kafka.brokers, cfg)
 	if err != nil {
-		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.brokers, ","), err)
+		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.kafka.brokers, ","), err)
 	}
 	defer client.Close()
 	partitions, err := client.Partitions(r.poison)
@@ -343,13 +350,13 @@ func (r *replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 	// Consumer.MaxWaitTime for records, and on the producer's connections
 	// (one request at a time, for idempotence) each produce and commit
 	// would queue behind one.
-	consumerCfg := saramaConfig(config.Defaults().Kafka)
+	consumerCfg := r.kafka.saramaConfig()
 	consumerCfg.ClientID = cfg.ClientID
 	consumerCfg.Metadata.AllowAutoTopicCreation = false
 	consumerCfg.Consumer.Return.Errors = true
-	consumer, err := sarama.NewConsumer(r.brokers, consumerCfg)
+	consumer, err := sarama.NewConsumer(r.kafka.brokers, consumerCfg)
 	if err != nil {
-		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.brokers, ","), err)
+		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.kafka.brokers, ","), err)
 	}
 	defer consumer.Close()
 

@@ -163,7 +163,11 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 		return fail(ExitError, "%s", err)
 	}
 	defer stop()
-	c := saramaConfig(cfg.Kafka)
+	access, err := commandAccess(ctx, cfg.Kafka, brokers, env.Getenv)
+	if err != nil {
+		return fail(ExitError, "%s", oneLine(err))
+	}
+	c := access.saramaConfig()
 	c.ClientID = cfg.Kafka.ClientID + "-rewind"
 	c.Consumer.Return.Errors = true
 	client, err := sarama.NewClient(brokers, c)

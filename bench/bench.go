@@ -840,7 +840,7 @@ func (b *bench) publishWatermill(ctx context.Context, n int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	pub, err := app.NewPublisher(config.Defaults().Kafka, b.brokers)
+	pub, err := app.NewPublisher(config.Defaults().Kafka, b.brokers, os.Getenv)
 	if err != nil {
 		return 0, err
 	}

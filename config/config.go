@@ -80,9 +80,66 @@ type Kafka struct {
 	// finish the records it has in flight and rejoin (Kafka's
 	// max.poll.interval.ms, as a join's rebalance timeout).
 	RebalanceTimeout time.Duration `yaml:"rebalance_timeout"`
+	// TLS encrypts the connections to the brokers and checks who they are
+	// (security.protocol SSL, or SASL_SSL with SASL).
+	TLS KafkaTLS `yaml:"tls"`
+	// SASL authenticates the daemon to the brokers.
+	SASL SASL `yaml:"sasl"`
 	// Embedded runs a Kafka-protocol broker inside the daemon.
 	Embedded Embedded `yaml:"embedded"`
 }
+
+// KafkaTLS configures TLS to the brokers. It applies to every Kafka client
+// the daemon and its commands make.
+type KafkaTLS struct {
+	// Enabled turns TLS on. The other keys need it.
+	Enabled bool `yaml:"enabled"`
+	// CAFile is a PEM file of the certificate authorities that may sign
+	// the brokers' certificates (Kafka's ssl.ca.location). Empty trusts
+	// the system's authorities, as managed services need.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the PEM certificate and private key the
+	// daemon shows the brokers (mutual TLS). Set both or neither.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the PEM private key of CertFile.
+	KeyFile string `yaml:"key_file"`
+	// ServerName is the name the brokers' certificates must hold. Empty:
+	// the host of each broker's address.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any certificate, so anyone on the path
+	// can read and change the traffic. It is refused unless the
+	// environment also has EVENTROUTER_ALLOW_INSECURE=1, and warned about
+	// at start.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// SASL configures SASL authentication to the brokers.
+type SASL struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (Kafka's
+	// sasl.mechanism). Empty turns SASL off.
+	Mechanism string `yaml:"mechanism"`
+	// Username is the SASL user (for Confluent Cloud, the API key).
+	Username string `yaml:"username"`
+	// PasswordEnv names the environment variable holding the password.
+	PasswordEnv string `yaml:"password_env"`
+	// PasswordFile is a file holding the password (trailing newline
+	// ignored), such as a mounted secret.
+	PasswordFile string `yaml:"password_file"`
+	// AllowCleartextPassword lets PLAIN run without kafka.tls, which sends
+	// the password in clear to anyone on the path.
+	AllowCleartextPassword bool `yaml:"allow_cleartext_password"`
+}
+
+// InsecureEnv names the environment variable that must be "1" for
+// kafka.tls.insecure_skip_verify to be accepted.
+const InsecureEnv = "EVENTROUTER_ALLOW_INSECURE"
+
+// SASL mechanisms of kafka.sasl.mechanism.
+const (
+	SASLPlain       = "PLAIN"
+	SASLSCRAMSHA256 = "SCRAM-SHA-256"
+	SASLSCRAMSHA512 = "SCRAM-SHA-512"
+)
 
 // Embedded configures the in-process Kafka-protocol broker.
 type Embedded struct {
@@ -161,6 +218,9 @@ type SMTP struct {
 	// PasswordFile is a file holding the password (trailing newline
 	// ignored), such as a mounted secret.
 	PasswordFile string `yaml:"password_file"`
+	// AllowCleartextPassword lets a username go with tls "none", which
+	// sends the password in clear to anyone on the path.
+	AllowCleartextPassword bool `yaml:"allow_cleartext_password"`
 	// From is the sender, such as "Example <noreply@example.com>".
 	From string `yaml:"from"`
 	// Timeout bounds one delivery.
@@ -362,6 +422,10 @@ func Check(raw []byte, getenv func(string) string) (Config, []error) {
 	// draw more complaints about the same key: report it once.
 	inFile := func(key string) bool { _, ok := lines[key]; return ok }
 	errs = Add(errs, cfg.problems(inFile)...)
+	if cfg.Kafka.TLS.InsecureSkipVerify && getenv(InsecureEnv) != "1" {
+		errs = Add(errs, &KeyError{Key: "kafka.tls.insecure_skip_verify", Msg: "accepts any broker certificate, so anyone on the path can read and change the traffic; " +
+			"set kafka.tls.ca_file instead, or " + InsecureEnv + "=1 in the environment to allow it"})
+	}
 	locate(lines, errs)
 	Sort(errs)
 	return cfg, errs
@@ -485,6 +549,7 @@ func (c Config) problems(inFile func(key string) bool) []error {
 	if k.ClientID == "" {
 		add("kafka.client_id", "is empty")
 	}
+	errs = append(errs, k.securityProblems()...)
 	if k.DialTimeout <= 0 {
 		add("kafka.dial_timeout", "must be positive, got %s", k.DialTimeout)
 	}
@@ -619,6 +684,70 @@ func (c Config) problems(inFile func(key string) bool) []error {
 	return errs
 }
 
+// securityProblems reports the problems of kafka.tls and kafka.sasl.
+// kafka.tls.insecure_skip_verify without EVENTROUTER_ALLOW_INSECURE=1 is
+// reported by Check, which has the environment.
+func (k Kafka) securityProblems() []error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	t, s := k.TLS, k.SASL
+	if k.Embedded.Enabled && (t.Enabled || s.Mechanism != "") {
+		key := "kafka.tls.enabled"
+		if !t.Enabled {
+			key = "kafka.sasl.mechanism"
+		}
+		add(key, "applies to kafka.brokers, but kafka.embedded.enabled is true: the embedded broker takes plaintext connections on its own address only; turn it off, or set %s", BrokersEnv)
+	}
+	if !t.Enabled {
+		for _, f := range [...]struct {
+			key string
+			set bool
+		}{{"ca_file", t.CAFile != ""}, {"cert_file", t.CertFile != ""}, {"key_file", t.KeyFile != ""}, {"server_name", t.ServerName != ""}, {"insecure_skip_verify", t.InsecureSkipVerify}} {
+			if f.set {
+				add("kafka.tls."+f.key, "is set but kafka.tls.enabled is false, so the connections would be plaintext; set kafka.tls.enabled: true")
+			}
+		}
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		if t.CertFile == "" {
+			add("kafka.tls.cert_file", "is missing; kafka.tls.key_file needs the certificate it is the key of")
+		} else {
+			add("kafka.tls.key_file", "is missing; kafka.tls.cert_file needs its private key")
+		}
+	}
+	switch s.Mechanism {
+	case "":
+		for _, f := range [...]struct {
+			key string
+			set bool
+		}{{"username", s.Username != ""}, {"password_env", s.PasswordEnv != ""}, {"password_file", s.PasswordFile != ""}} {
+			if f.set {
+				add("kafka.sasl."+f.key, "is set but kafka.sasl.mechanism is empty, so SASL is off; set the mechanism: %s, %s or %s", SASLSCRAMSHA512, SASLSCRAMSHA256, SASLPlain)
+			}
+		}
+		return errs
+	case SASLPlain:
+		if !t.Enabled && !s.AllowCleartextPassword {
+			add("kafka.sasl.mechanism", "PLAIN without kafka.tls sends the password in clear; set kafka.tls.enabled: true, use SCRAM-SHA-512, or set kafka.sasl.allow_cleartext_password: true")
+		}
+	case SASLSCRAMSHA256, SASLSCRAMSHA512:
+	default:
+		add("kafka.sasl.mechanism", "unknown mechanism %q; known: %s, %s, %s", s.Mechanism, SASLSCRAMSHA512, SASLSCRAMSHA256, SASLPlain)
+	}
+	if s.Username == "" {
+		add("kafka.sasl.username", "is missing; SASL %s needs a user", s.Mechanism)
+	}
+	switch {
+	case s.PasswordEnv == "" && s.PasswordFile == "":
+		add("kafka.sasl.password_env", "is missing; set password_env or password_file to where the password is")
+	case s.PasswordEnv != "" && s.PasswordFile != "":
+		add("kafka.sasl.password_file", "set password_env or password_file, not both")
+	}
+	return errs
+}
+
 // maxInFlight bounds routes[].max_in_flight: each record in flight is a
 // goroutine and a record held in memory.
 const maxInFlight = 65536
@@ -685,6 +814,9 @@ func (s SMTP) problems(key string) []error {
 	}
 	if (s.PasswordEnv != "" || s.PasswordFile != "") && s.Username == "" {
 		add("username", "is missing; a password needs a username")
+	}
+	if s.TLS == "none" && s.Username != "" && !s.AllowCleartextPassword {
+		add("tls", "is none with a username, which sends the password in clear; use starttls or implicit, or set %s.allow_cleartext_password: true", key)
 	}
 	if s.Timeout <= 0 {
 		add("timeout", "must be positive, got %s", s.Timeout)

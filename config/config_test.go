@@ -323,7 +323,7 @@ routes:
 	_, problems := config.Check([]byte(raw), env(nil))
 	want := []string{
 		`config: line 3: kafka.dial_timeout: "10" is not a duration (such as 10s or 1m30s)`,
-		`config: line 4: kafka.bogus: unknown key; known: brokers, client_id, version, dial_timeout, request_timeout, session_timeout, heartbeat_interval, rebalance_timeout, embedded`,
+		`config: line 4: kafka.bogus: unknown key; known: brokers, client_id, version, dial_timeout, request_timeout, session_timeout, heartbeat_interval, rebalance_timeout, tls, sasl, embedded`,
 		`config: line 6: retry.max_retries: is empty; write a whole number, or remove the key to use the default`,
 		`config: line 7: retry.multiplier: must be at least 1, got 0`,
 		`config: line 9: log.level: must be debug, info, warn or error, got "loud"`,

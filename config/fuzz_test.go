@@ -30,6 +30,7 @@ func FuzzCheck(f *testing.F) {
 		{"routes:\n  - handler: notification\n    subscribe_topic: t\n    consumer_group: ${V}\n", "g\nbogus: 1\n  - handler: x"},
 		{"kafka:\n  brokers: [\"${V}\"]\n", "a:1 # b"},
 		{"kafka:\n  brokers: [${V}]\n", "a:1"},
+		{"kafka:\n  brokers: [a:1]\n  tls: {enabled: ${V}, ca_file: /c, insecure_skip_verify: true}\n  sasl: {mechanism: PLAIN, username: u, password_env: P}\n", "true"},
 		{"# it's ${V}\nlog:\n  level: ${V:-info} # don't ${NOPE}\n", "debug"},
 		{"notifier:\n  smtp:\n    port: ${V:-1025}\n    timeout: ${V}\n", "25\n"},
 		{"ops:\n  enabled: ${V}\n  listen: '${V}'\n", "true"},

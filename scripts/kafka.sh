@@ -2,11 +2,21 @@
 # Runs a real single-node Apache Kafka broker (KRaft, combined broker and
 # controller) from the jars Maven resolves, without Docker.
 #
-#   scripts/kafka.sh start|stop|status|logs|bootstrap
+#   scripts/kafka.sh start|stop|status|logs|bootstrap|secure
+#
+# Beside the PLAINTEXT listener the broker has two secured ones, for the
+# tests of connecting to a secured cluster: SASL_SSL (SCRAM-SHA-256,
+# SCRAM-SHA-512 and PLAIN for the user "router") and SSL with client
+# certificates required (mutual TLS). A CA and the broker's certificate for
+# localhost and 127.0.0.1 are made with openssl at start, and the SCRAM
+# users are added when the storage is formatted. `secure` prints what a
+# client needs to use them, as NAME=value lines.
 #
 # Environment:
 #   KAFKA_PORT        PLAINTEXT port on 127.0.0.1 (default 9092)
 #   KAFKA_CONTROLLER_PORT  controller port (default 9093)
+#   KAFKA_SASL_SSL_PORT    SASL_SSL port (default KAFKA_PORT+2)
+#   KAFKA_SSL_PORT         SSL port with client certificates required (default KAFKA_PORT+3)
 #   KAFKA_STATE_DIR   pid file, logs and data (default /tmp/eventrouter-kafka-$KAFKA_PORT)
 #   KAFKA_CACHE_DIR   where the jars are kept between runs (default ~/.cache/eventrouter)
 #   KAFKA_HEAP        JVM heap (default 512m)
@@ -17,12 +27,15 @@ pom="$here/kafka/pom.xml"
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
 port=${KAFKA_PORT:-9092}
 cport=${KAFKA_CONTROLLER_PORT:-9093}
+saslport=${KAFKA_SASL_SSL_PORT:-$((port + 2))}
+sslport=${KAFKA_SSL_PORT:-$((port + 3))}
 state=${KAFKA_STATE_DIR:-/tmp/eventrouter-kafka-$port}
 cache=${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/eventrouter}
 libs="$cache/kafka-$version/libs"
 heap=${KAFKA_HEAP:-512m}
 pidfile="$state/kafka.pid"
 logfile="$state/kafka.log"
+secure="$state/secure"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -55,17 +68,70 @@ kafka_java() {
     -Dlog4j2.configurationFile="$state/log4j2.properties" -cp "$libs/*" "$@"
 }
 
+# credentials makes the passwords once (they are in the formatted storage)
+# and a CA, the broker's and a client's certificates, and a second CA that
+# signed nothing the broker has, for the wrong-CA test. The certificates are
+# made again only when they are missing or expire within a week, so that a
+# restart mid-suite leaves the tests' CA file as it was.
+credentials() {
+  command -v openssl >/dev/null || die "openssl is needed to make the test certificates"
+  command -v keytool >/dev/null || die "keytool (from the JDK) is needed to make the broker's trust store"
+  mkdir -p "$secure"
+  chmod 700 "$secure"
+  if [[ ! -f $secure/passwords ]]; then
+    (umask 077 && printf 'SCRAM_PASSWORD=%s\nSTORE_PASSWORD=%s\n' "$(openssl rand -hex 16)" "$(openssl rand -hex 16)" >"$secure/passwords")
+  fi
+  # shellcheck source=/dev/null
+  source "$secure/passwords"
+  if [[ -f $secure/broker.p12 && -f $secure/client.pem && -f $secure/other-ca.pem ]] &&
+    openssl x509 -checkend 604800 -noout -in "$secure/broker.pem" >/dev/null 2>&1 &&
+    openssl x509 -checkend 604800 -noout -in "$secure/client.pem" >/dev/null 2>&1; then
+    return
+  fi
+  (
+    cd "$secure"
+    umask 077
+    rm -f ./*.pem ./*.p12 ./*.csr ./*.srl ./*.ext
+    local subj=/O=eventrouter-test
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "$subj/CN=eventrouter test CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "$subj/CN=some other CA" -keyout other-ca-key.pem -out other-ca.pem 2>/dev/null
+    issue() { # name CN extensions
+      printf '%s\n' "$3" >"$1.ext"
+      openssl req -newkey rsa:2048 -nodes -subj "$subj/CN=$2" -keyout "$1-key.pem" -out "$1.csr" 2>/dev/null
+      openssl x509 -req -days 30 -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+    }
+    issue broker localhost $'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth'
+    issue client router 'extendedKeyUsage=clientAuth'
+    openssl pkcs12 -export -in broker.pem -inkey broker-key.pem -certfile ca.pem -name broker -passout "pass:$STORE_PASSWORD" -out broker.p12
+    keytool -importcert -noprompt -alias ca -file ca.pem -keystore truststore.p12 -storetype PKCS12 -storepass "$STORE_PASSWORD" >/dev/null 2>&1
+    rm -f ./*.csr ./*.srl ./*.ext ca-key.pem other-ca-key.pem
+    chmod 644 ca.pem other-ca.pem client.pem
+  ) || die "making the test certificates failed"
+}
+
 configure() {
   mkdir -p "$state/data"
   cat >"$state/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$saslport,SSL://127.0.0.1:$sslport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$saslport,SSL://127.0.0.1:$sslport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$secure/broker.p12
+ssl.keystore.password=$STORE_PASSWORD
+ssl.key.password=$STORE_PASSWORD
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$secure/truststore.p12
+ssl.truststore.password=$STORE_PASSWORD
+listener.name.ssl.ssl.client.auth=required
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_router="$SCRAM_PASSWORD";
 log.dirs=$state/data
 num.partitions=1
 auto.create.topics.enable=true
@@ -101,13 +167,25 @@ start() {
     return
   fi
   port_open "$port" && die "127.0.0.1:$port is taken by another process; stop it or set KAFKA_PORT"
+  for p in "$saslport" "$sslport"; do
+    port_open "$p" && die "127.0.0.1:$p is taken by another process; stop it or set KAFKA_SASL_SSL_PORT and KAFKA_SSL_PORT"
+  done
   fetch
+  credentials
   configure
+  if [[ -f "$state/data/meta.properties" && ! -f "$state/data/.scram-users" ]]; then
+    echo "kafka.sh: the storage in $state/data has no SCRAM users; formatting it again" >&2
+    rm -rf "$state/data"
+    mkdir -p "$state/data"
+  fi
   if [[ ! -f "$state/data/meta.properties" ]]; then
     local id
     id=$(kafka_java kafka.tools.StorageTool random-uuid)
-    kafka_java kafka.tools.StorageTool format --standalone -t "$id" -c "$state/server.properties" >"$state/format.log" 2>&1 \
+    kafka_java kafka.tools.StorageTool format --standalone -t "$id" -c "$state/server.properties" \
+      --add-scram "SCRAM-SHA-256=[name=router,password=$SCRAM_PASSWORD]" \
+      --add-scram "SCRAM-SHA-512=[name=router,password=$SCRAM_PASSWORD]" >"$state/format.log" 2>&1 \
       || { cat "$state/format.log" >&2; die "formatting the KRaft storage failed"; }
+    touch "$state/data/.scram-users"
   fi
   : >"$logfile"
   nohup java -Xms256m -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true \
@@ -162,6 +240,21 @@ case "${1:-}" in
     if running; then echo "running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; else echo "stopped"; exit 3; fi ;;
   logs) tail -n "${2:-100}" "$logfile" ;;
   bootstrap) echo "127.0.0.1:$port" ;;
+  secure)
+    [[ -f $secure/passwords ]] || die "no credentials in $secure yet; run $0 start"
+    # shellcheck source=/dev/null
+    source "$secure/passwords"
+    cat <<ENV
+SASL_SSL=127.0.0.1:$saslport
+SSL=127.0.0.1:$sslport
+CA_FILE=$secure/ca.pem
+OTHER_CA_FILE=$secure/other-ca.pem
+CLIENT_CERT_FILE=$secure/client.pem
+CLIENT_KEY_FILE=$secure/client-key.pem
+USERNAME=router
+PASSWORD=$SCRAM_PASSWORD
+ENV
+    ;;
   libs) fetch; echo "$libs" ;;
-  *) echo "usage: $0 start|stop|status|logs [N]|bootstrap|libs" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|logs [N]|bootstrap|secure|libs" >&2; exit 2 ;;
 esac

@@ -45,6 +45,11 @@ if [[ -z ${EVENTROUTER_TEST_BROKERS:-} ]]; then
   export EVENTROUTER_TEST_BROKERS=$(scripts/kafka.sh bootstrap)
   # Lets the broker-restart test stop and start this broker.
   export EVENTROUTER_TEST_KAFKA_SCRIPT=$PWD/scripts/kafka.sh
+  # The same broker's SASL_SSL and SSL listeners and their credentials.
+  secure_env=$(mktemp)
+  trap 'rm -f "$secure_env"; cleanup' EXIT
+  scripts/kafka.sh secure >"$secure_env"
+  export EVENTROUTER_TEST_KAFKA_SECURE=$secure_env
 fi
 echo "test.sh: real Kafka at $EVENTROUTER_TEST_BROKERS; embedded broker in-process; PostgreSQL for the shared ledger"
 go vet ./...

@@ -1,0 +1,169 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/xdg-go/scram"
+
+	"github.com/eventrouter/eventrouter/config"
+)
+
+// kafkaAccess is what every Kafka client of the daemon and its commands is
+// made from: the settings, the brokers, and the TLS and SASL credentials,
+// read once so that each client proves the same identity.
+type kafkaAccess struct {
+	cfg     config.Kafka
+	brokers []string
+	// tls is nil for plaintext connections.
+	tls      *tls.Config
+	password secret
+}
+
+// secret is a password that formats as a placeholder wherever it is
+// printed by itself.
+type secret string
+
+func (secret) String() string   { return "[redacted]" }
+func (secret) GoString() string { return "[redacted]" }
+
+// Format prints the brokers and the protocol only: fmt prints a struct's
+// unexported fields without their methods, so the password would show.
+func (a kafkaAccess) Format(f fmt.State, _ rune) {
+	fmt.Fprintf(f, "kafka %s (%s)", strings.Join(a.brokers, ","), a.protocol())
+}
+
+// newKafkaAccess reads the CA, the client certificate and the SASL
+// password that cfg names. Its errors name the key and never hold a
+// secret.
+func newKafkaAccess(cfg config.Kafka, brokers []string, getenv func(string) string) (kafkaAccess, error) {
+	a := kafkaAccess{cfg: cfg, brokers: brokers}
+	var errs []error
+	if cfg.TLS.Enabled {
+		t, err := clientTLS(cfg.TLS)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		a.tls = t
+	}
+	if cfg.SASL.Mechanism != "" {
+		p, err := readSecret("kafka.sasl.password", cfg.SASL.PasswordEnv, cfg.SASL.PasswordFile, getenv)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		a.password = secret(p)
+	}
+	return a, errors.Join(errs...)
+}
+
+// clientTLS builds the TLS settings of kafka.tls.
+func clientTLS(c config.KafkaTLS) (*tls.Config, error) {
+	t := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		ServerName: c.ServerName,
+		// Refused by validation unless EVENTROUTER_ALLOW_INSECURE=1.
+		InsecureSkipVerify: c.InsecureSkipVerify, //nolint:gosec
+	}
+	var errs []error
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		pool := x509.NewCertPool()
+		switch {
+		case err != nil:
+			errs = append(errs, &config.KeyError{Key: "kafka.tls.ca_file", Msg: err.Error()})
+		case !pool.AppendCertsFromPEM(pem):
+			errs = append(errs, &config.KeyError{Key: "kafka.tls.ca_file", Msg: fmt.Sprintf("%s holds no PEM certificate", c.CAFile)})
+		}
+		t.RootCAs = pool
+	}
+	if c.CertFile != "" && c.KeyFile != "" {
+		// The error names the files and what is wrong, never the key.
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			errs = append(errs, &config.KeyError{Key: "kafka.tls.cert_file", Msg: err.Error()})
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, errors.Join(errs...)
+}
+
+// saramaConfig returns the client settings shared by every Kafka client the
+// daemon makes. cfg was validated, so its version parses.
+func (a kafkaAccess) saramaConfig() *sarama.Config {
+	cfg := a.cfg
+	c := sarama.NewConfig()
+	c.Version, _ = sarama.ParseKafkaVersion(cfg.Version)
+	c.ClientID = cfg.ClientID
+	c.Net.DialTimeout = cfg.DialTimeout
+	c.Net.ReadTimeout = cfg.RequestTimeout
+	c.Metadata.Retry.Backoff = 250 * time.Millisecond
+	if a.tls != nil {
+		c.Net.TLS.Enable = true
+		c.Net.TLS.Config = a.tls.Clone()
+	}
+	if m := cfg.SASL.Mechanism; m != "" {
+		c.Net.SASL.Enable = true
+		c.Net.SASL.Handshake = true
+		c.Net.SASL.Mechanism = sarama.SASLMechanism(m)
+		c.Net.SASL.User = cfg.SASL.Username
+		c.Net.SASL.Password = string(a.password)
+		switch m {
+		case config.SASLSCRAMSHA256:
+			c.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA256} }
+		case config.SASLSCRAMSHA512:
+			c.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA512} }
+		}
+	}
+	return c
+}
+
+// scramClient is sarama's SCRAM conversation, which sarama leaves to the
+// application, on xdg-go/scram (what sarama's own examples use).
+type scramClient struct {
+	hash scram.HashGeneratorFcn
+	conv *scram.ClientConversation
+}
+
+func (s *scramClient) Begin(user, password, authzID string) error {
+	c, err := s.hash.NewClient(user, password, authzID)
+	if err != nil {
+		return fmt.Errorf("scram: %w", err)
+	}
+	s.conv = c.NewConversation()
+	return nil
+}
+
+func (s *scramClient) Step(challenge string) (string, error) { return s.conv.Step(challenge) }
+
+func (s *scramClient) Done() bool { return s.conv.Done() }
+
+// protocol names the connections as Kafka's security.protocol does, with
+// the SASL mechanism: "SASL_SSL/SCRAM-SHA-512", "SSL", "PLAINTEXT".
+func (a kafkaAccess) protocol() string {
+	p := "PLAINTEXT"
+	if a.tls != nil {
+		p = "SSL"
+	}
+	if m := a.cfg.SASL.Mechanism; m != "" {
+		p = "SASL_" + p + "/" + m
+	}
+	return p
+}
+
+// commandAccess is newKafkaAccess for a command (publish, replay, rewind),
+// followed by the refusal check, so that a command the brokers refuse
+// says why in one line.
+func commandAccess(ctx context.Context, cfg config.Kafka, brokers []string, getenv func(string) string) (kafkaAccess, error) {
+	a, err := newKafkaAccess(cfg, brokers, getenv)
+	if err != nil {
+		return kafkaAccess{}, err
+	}
+	return a, a.refusal(ctx)
+}
