@@ -134,8 +134,9 @@ router.shutdown_timeout), commits their offsets, and exits.
 
 Environment: `+config.BrokersEnv+` (brokers; turns the embedded broker off),
 and every variable the configuration names: ${VAR} in the file, and the
-secrets of notifier.smtp.password_env, ops.token_env and
-ledger.postgres.dsn_env. The shipped eventrouter.yaml also reads
+secrets of kafka.sasl.password_env, notifier.smtp.password_env,
+ops.token_env and ledger.postgres.dsn_env. `+config.InsecureEnv+`=1 allows
+kafka.tls.insecure_skip_verify. The shipped eventrouter.yaml also reads
 EVENTROUTER_NOTIFIER, EVENTROUTER_SMTP_HOST, EVENTROUTER_SMTP_PORT,
 EVENTROUTER_SMTP_TLS, EVENTROUTER_LEDGER, EVENTROUTER_LEDGER_DSN,
 EVENTROUTER_OPS_LISTEN and EVENTROUTER_EMBEDDED_LISTEN.

@@ -21,14 +21,14 @@ import (
 func publishCommand(ctx context.Context, args []string, env Env) int {
 	fset := flag.NewFlagSet("eventrouter publish", flag.ContinueOnError)
 	fset.SetOutput(env.Stderr)
-	path := fset.String("config", config.DefaultPath, "configuration `file` to take the brokers from, if it exists")
+	path := fset.String("config", config.DefaultPath, "configuration `file` to take the brokers, TLS and SASL settings from, if it exists")
 	brokers := fset.String("brokers", "", "comma-separated `host:port` list; overrides "+config.BrokersEnv+" and the config file")
 	topic := fset.String("topic", "user-registered", "`topic` to publish to")
 	key := fset.String("key", "", "Kafka `key` of every event; default: the value of --key-field")
 	keyField := fset.String("key-field", "user_id", "JSON `field` whose value is the key when --key is not set; empty for no key")
 	fset.Usage = func() {
 		fmt.Fprintf(env.Stderr, "Usage: eventrouter publish [flags] [EVENT]\n\nPublishes EVENT, or each line of stdin, and prints topic, partition and offset for each.\n\n"+
-			"Environment: "+config.BrokersEnv+" (the brokers, unless --brokers).\nExit codes: 0 all published, 1 some failed, 2 bad arguments.\n\n")
+			"Environment: "+config.BrokersEnv+" (the brokers, unless --brokers), and the variables the file names, such as kafka.sasl.password_env.\nExit codes: 0 all published, 1 some failed, 2 bad arguments.\n\n")
 		fset.PrintDefaults()
 	}
 	if err := fset.Parse(args); err != nil {

@@ -81,7 +81,7 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 		fmt.Fprintf(env.Stderr, "Usage: eventrouter replay [flags] POISON_TOPIC\n\n"+
 			"Republishes the poison topic's records to the topic they failed on: the\n"+
 			"subscribe topic of a configured route whose poison_topic is POISON_TOPIC.\n\n"+
-			"Environment: "+config.BrokersEnv+" (the brokers, unless --brokers).\nExit codes: 0 done (or dry run), 1 failed, 2 bad arguments.\n\n")
+			"Environment: "+config.BrokersEnv+" (the brokers, unless --brokers), and the variables the file names, such as kafka.sasl.password_env.\nExit codes: 0 done (or dry run), 1 failed, 2 bad arguments.\n\n")
 		fset.PrintDefaults()
 	}
 	if err := fset.Parse(args); err != nil {

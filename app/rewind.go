@@ -119,7 +119,8 @@ rewound records' notifications again on purpose (a template was broken),
 add --forget-ledger: it forgets the ledger entries caused by exactly the
 records handled again, and no others.
 
-Environment: `+config.BrokersEnv+` (the brokers, as in the daemon).
+Environment: `+config.BrokersEnv+` (the brokers, as in the daemon), and the
+variables the file names, such as kafka.sasl.password_env.
 Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 
 `)

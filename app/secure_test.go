@@ -141,6 +141,7 @@ func TestSecuredClusterSeedFlow(t *testing.T) {
 		{"SASL_SSL SCRAM-SHA-256", s.SASLSSL, saslKeys(s, "SCRAM-SHA-256", s.Username), "SASL_SSL/SCRAM-SHA-256"},
 		{"SASL_SSL PLAIN", s.SASLSSL, saslKeys(s, "PLAIN", s.Username), "SASL_SSL/PLAIN"},
 		{"mutual TLS", s.SSL, mutualTLSKeys(s), "SSL"},
+		{"SASL_PLAINTEXT PLAIN, allowed", s.SASLPlaintext, fmt.Sprintf("  sasl:\n    mechanism: PLAIN\n    username: %s\n    password_env: %s\n    allow_cleartext_password: true", s.Username, passwordEnv), "SASL_PLAINTEXT/PLAIN"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -240,6 +241,8 @@ func TestSecuredClusterRefusals(t *testing.T) {
 			fmt.Sprintf(`kafka %s: the listener requires SASL authentication (it offers PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); set kafka.sasl`, s.SASLSSL)},
 		{"no client certificate", s.SSL, tlsOnly(s.CAFile, ""), right,
 			fmt.Sprintf(`kafka %s: TLS: the listener requires a client certificate (mutual TLS)`, s.SSL)},
+		{"mechanism the listener does not offer", s.SASLPlaintext, strings.Replace(saslKeys(s, "SCRAM-SHA-512", s.Username), tlsOnly(s.CAFile, "")+"\n", "", 1), right,
+			fmt.Sprintf(`kafka %s: the listener does not offer SASL SCRAM-SHA-512; it offers PLAIN: set kafka.sasl.mechanism to one of them`, s.SASLPlaintext)},
 		{"SASL against a listener without it", s.SSL, mutualTLSKeys(s) + fmt.Sprintf("\n  sasl:\n    mechanism: SCRAM-SHA-512\n    username: %s\n    password_env: %s", s.Username, passwordEnv), right,
 			fmt.Sprintf(`kafka %s: the listener takes no SASL authentication`, s.SSL)},
 	}

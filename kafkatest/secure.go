@@ -19,6 +19,8 @@ type Secure struct {
 	SASLSSL string
 	// SSL is the listener that requires client certificates.
 	SSL string
+	// SASLPlaintext is the SASL_PLAINTEXT listener, with PLAIN only.
+	SASLPlaintext string
 	// CAFile is the CA that signed the broker's and the client's
 	// certificates; OtherCAFile signed neither.
 	CAFile, OtherCAFile string
@@ -52,11 +54,11 @@ func SecureListeners(t *testing.T) Secure {
 		}
 	}
 	s := Secure{
-		SASLSSL: vals["SASL_SSL"], SSL: vals["SSL"], CAFile: vals["CA_FILE"], OtherCAFile: vals["OTHER_CA_FILE"],
+		SASLSSL: vals["SASL_SSL"], SSL: vals["SSL"], SASLPlaintext: vals["SASL_PLAINTEXT"], CAFile: vals["CA_FILE"], OtherCAFile: vals["OTHER_CA_FILE"],
 		CertFile: vals["CLIENT_CERT_FILE"], KeyFile: vals["CLIENT_KEY_FILE"], Username: vals["USERNAME"], Password: vals["PASSWORD"],
 	}
-	if s.SASLSSL == "" || s.SSL == "" || s.CAFile == "" || s.Password == "" {
-		t.Fatalf("%s (%s) lacks SASL_SSL, SSL, CA_FILE or PASSWORD", SecureEnv, path)
+	if s.SASLSSL == "" || s.SSL == "" || s.SASLPlaintext == "" || s.CAFile == "" || s.Password == "" {
+		t.Fatalf("%s (%s) lacks SASL_SSL, SSL, SASL_PLAINTEXT, CA_FILE or PASSWORD", SecureEnv, path)
 	}
 	return s
 }

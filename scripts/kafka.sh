@@ -4,10 +4,10 @@
 #
 #   scripts/kafka.sh start|stop|status|logs|bootstrap|secure
 #
-# Beside the PLAINTEXT listener the broker has two secured ones, for the
-# tests of connecting to a secured cluster: SASL_SSL (SCRAM-SHA-256,
-# SCRAM-SHA-512 and PLAIN for the user "router") and SSL with client
-# certificates required (mutual TLS). A CA and the broker's certificate for
+# Beside the PLAINTEXT listener the broker has three for the tests of
+# connecting to a secured cluster: SASL_SSL (SCRAM-SHA-256, SCRAM-SHA-512
+# and PLAIN for the user "router"), SSL with client certificates required
+# (mutual TLS), and SASL_PLAINTEXT with PLAIN only. A CA and the broker's certificate for
 # localhost and 127.0.0.1 are made with openssl at start, and the SCRAM
 # users are added when the storage is formatted. `secure` prints what a
 # client needs to use them, as NAME=value lines.
@@ -17,6 +17,7 @@
 #   KAFKA_CONTROLLER_PORT  controller port (default 9093)
 #   KAFKA_SASL_SSL_PORT    SASL_SSL port (default KAFKA_PORT+2)
 #   KAFKA_SSL_PORT         SSL port with client certificates required (default KAFKA_PORT+3)
+#   KAFKA_SASL_PLAINTEXT_PORT  SASL_PLAINTEXT port, PLAIN only (default KAFKA_PORT+4)
 #   KAFKA_STATE_DIR   pid file, logs and data (default /tmp/eventrouter-kafka-$KAFKA_PORT)
 #   KAFKA_CACHE_DIR   where the jars are kept between runs (default ~/.cache/eventrouter)
 #   KAFKA_HEAP        JVM heap (default 512m)
@@ -29,6 +30,7 @@ port=${KAFKA_PORT:-9092}
 cport=${KAFKA_CONTROLLER_PORT:-9093}
 saslport=${KAFKA_SASL_SSL_PORT:-$((port + 2))}
 sslport=${KAFKA_SSL_PORT:-$((port + 3))}
+plainsaslport=${KAFKA_SASL_PLAINTEXT_PORT:-$((port + 4))}
 state=${KAFKA_STATE_DIR:-/tmp/eventrouter-kafka-$port}
 cache=${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/eventrouter}
 libs="$cache/kafka-$version/libs"
@@ -115,11 +117,11 @@ configure() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$saslport,SSL://127.0.0.1:$sslport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$saslport,SSL://127.0.0.1:$sslport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$saslport,SSL://127.0.0.1:$sslport,SASL_PLAINTEXT://127.0.0.1:$plainsaslport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$saslport,SSL://127.0.0.1:$sslport,SASL_PLAINTEXT://127.0.0.1:$plainsaslport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT
 ssl.keystore.type=PKCS12
 ssl.keystore.location=$secure/broker.p12
 ssl.keystore.password=$STORE_PASSWORD
@@ -132,6 +134,8 @@ listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_router="$SCRAM_PASSWORD";
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_router="$SCRAM_PASSWORD";
 log.dirs=$state/data
 num.partitions=1
 auto.create.topics.enable=true
@@ -167,8 +171,8 @@ start() {
     return
   fi
   port_open "$port" && die "127.0.0.1:$port is taken by another process; stop it or set KAFKA_PORT"
-  for p in "$saslport" "$sslport"; do
-    port_open "$p" && die "127.0.0.1:$p is taken by another process; stop it or set KAFKA_SASL_SSL_PORT and KAFKA_SSL_PORT"
+  for p in "$saslport" "$sslport" "$plainsaslport"; do
+    port_open "$p" && die "127.0.0.1:$p is taken by another process; stop it or set KAFKA_SASL_SSL_PORT, KAFKA_SSL_PORT and KAFKA_SASL_PLAINTEXT_PORT"
   done
   fetch
   credentials
@@ -247,6 +251,7 @@ case "${1:-}" in
     cat <<ENV
 SASL_SSL=127.0.0.1:$saslport
 SSL=127.0.0.1:$sslport
+SASL_PLAINTEXT=127.0.0.1:$plainsaslport
 CA_FILE=$secure/ca.pem
 OTHER_CA_FILE=$secure/other-ca.pem
 CLIENT_CERT_FILE=$secure/client.pem
