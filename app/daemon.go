@@ -138,12 +138,16 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 			errs = append(errs, err)
 		}
 	}
-	access, err := newKafkaAccess(cfg.Kafka, cfg.Brokers(), getenv)
-	if err != nil {
-		errs = append(errs, splitJoined(err)...)
+	access, accessErr := newKafkaAccess(cfg.Kafka, cfg.Brokers(), getenv)
+	if accessErr != nil {
+		errs = append(errs, splitJoined(accessErr)...)
 	}
-	// The Kafka clients refuse these settings only when they connect.
+	// The Kafka clients refuse these settings only when they connect; with
+	// the credentials missing they would say so again, in their words.
 	for _, c := range []*sarama.Config{access.subscriberConfig(), access.publisherConfig()} {
+		if accessErr != nil {
+			break
+		}
 		if err := c.Validate(); err != nil {
 			errs = append(errs, &config.KeyError{Key: "kafka", Msg: strings.TrimPrefix(err.Error(), "kafka: ")})
 			break

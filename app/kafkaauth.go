@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/xdg-go/scram"
+	"github.com/xdg-go/stringprep"
 
 	"github.com/eventrouter/eventrouter/config"
 )
@@ -23,8 +23,11 @@ type kafkaAccess struct {
 	cfg     config.Kafka
 	brokers []string
 	// tls is nil for plaintext connections.
-	tls      *tls.Config
-	password secret
+	tls *tls.Config
+	// password is behind a pointer so that printing a struct that holds
+	// the access shows an address, not the password: fmt prints nested
+	// fields without their String methods.
+	password *secret
 }
 
 // secret is a password that formats as a placeholder wherever it is
@@ -55,12 +58,36 @@ func newKafkaAccess(cfg config.Kafka, brokers []string, getenv func(string) stri
 	}
 	if cfg.SASL.Mechanism != "" {
 		p, err := readSecret("kafka.sasl.password", cfg.SASL.PasswordEnv, cfg.SASL.PasswordFile, getenv)
+		if err == nil {
+			err = saslprep(cfg.SASL, p)
+		}
 		if err != nil {
 			errs = append(errs, err)
 		}
-		a.password = secret(p)
+		pw := secret(p)
+		a.password = &pw
 	}
 	return a, errors.Join(errs...)
+}
+
+// saslprep refuses a SCRAM username or password that SASLprep (RFC 4013)
+// rejects, such as one with a control character, at start: the SCRAM
+// client would fail at every connection, with the password in its error.
+func saslprep(s config.SASL, password string) error {
+	if s.Mechanism != config.SASLSCRAMSHA256 && s.Mechanism != config.SASLSCRAMSHA512 {
+		return nil
+	}
+	if _, err := stringprep.SASLprep.Prepare(s.Username); err != nil {
+		return &config.KeyError{Key: "kafka.sasl.username", Msg: "holds a character SCRAM does not allow (RFC 4013), such as a control character"}
+	}
+	key := "kafka.sasl.password_env"
+	if s.PasswordFile != "" {
+		key = "kafka.sasl.password_file"
+	}
+	if _, err := stringprep.SASLprep.Prepare(password); err != nil {
+		return &config.KeyError{Key: key, Msg: "the password holds a character SCRAM does not allow (RFC 4013), such as a control character"}
+	}
+	return nil
 }
 
 // clientTLS builds the TLS settings of kafka.tls.
@@ -113,7 +140,9 @@ func (a kafkaAccess) saramaConfig() *sarama.Config {
 		c.Net.SASL.Handshake = true
 		c.Net.SASL.Mechanism = sarama.SASLMechanism(m)
 		c.Net.SASL.User = cfg.SASL.Username
-		c.Net.SASL.Password = string(a.password)
+		if a.password != nil {
+			c.Net.SASL.Password = string(*a.password)
+		}
 		switch m {
 		case config.SASLSCRAMSHA256:
 			c.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA256} }
@@ -134,7 +163,9 @@ type scramClient struct {
 func (s *scramClient) Begin(user, password, authzID string) error {
 	c, err := s.hash.NewClient(user, password, authzID)
 	if err != nil {
-		return fmt.Errorf("scram: %w", err)
+		// xdg-go/scram's error holds the password; saslprep refused
+		// such passwords at start, so this is a fallback.
+		return errors.New("scram: the username or password is not valid SASLprep text")
 	}
 	s.conv = c.NewConversation()
 	return nil
@@ -155,15 +186,4 @@ func (a kafkaAccess) protocol() string {
 		p = "SASL_" + p + "/" + m
 	}
 	return p
-}
-
-// commandAccess is newKafkaAccess for a command (publish, replay, rewind),
-// followed by the refusal check, so that a command the brokers refuse
-// says why in one line.
-func commandAccess(ctx context.Context, cfg config.Kafka, brokers []string, getenv func(string) string) (kafkaAccess, error) {
-	a, err := newKafkaAccess(cfg, brokers, getenv)
-	if err != nil {
-		return kafkaAccess{}, err
-	}
-	return a, a.refusal(ctx)
 }

@@ -36,6 +36,8 @@ func TestNewKafkaAccessErrors(t *testing.T) {
 			"config: kafka.tls.cert_file: tls: failed to find any PEM data in certificate input"},
 		{"empty password variable", config.KafkaTLS{}, config.SASL{Mechanism: config.SASLSCRAMSHA512, Username: "u", PasswordEnv: "P"}, nil,
 			"config: kafka.sasl.password_env: environment variable P is empty"},
+		{"password SCRAM cannot send", config.KafkaTLS{}, config.SASL{Mechanism: config.SASLSCRAMSHA256, Username: "u", PasswordEnv: "P"}, map[string]string{"P": "bell\a" + password},
+			"config: kafka.sasl.password_env: the password holds a character SCRAM does not allow (RFC 4013), such as a control character"},
 		{"empty password file", config.KafkaTLS{}, config.SASL{Mechanism: config.SASLSCRAMSHA512, Username: "u", PasswordFile: write("empty", "\n")}, nil,
 			"config: kafka.sasl.password_file: " + filepath.Join(dir, "empty") + " is empty"},
 	}

@@ -29,29 +29,63 @@ type kafkaRefusal struct {
 
 func (e *kafkaRefusal) Error() string { return "kafka " + e.addr + ": " + e.msg }
 
-// refusalTimeout bounds each step of the check, so that a refusal is
-// reported in seconds whatever the clients' own timeouts.
-const refusalTimeout = 5 * time.Second
+// refusalTimeout bounds each step of the check, and refusalBudget the
+// whole of it, so that a refusal is reported in seconds whatever the
+// clients' own timeouts, and a broker that accepts connections but never
+// answers delays the start by at most the budget.
+const (
+	refusalTimeout = 5 * time.Second
+	refusalBudget  = 12 * time.Second
+)
 
-// refusal connects to each bootstrap broker in turn as the clients do, TLS
-// and SASL included, and asks for metadata. It returns nil as soon as one
-// answers, or when none could be reached at all (the clients report that
-// as they always have); otherwise the first broker's *kafkaRefusal.
+// refusal connects to every bootstrap broker at once as the clients do,
+// TLS and SASL included, and asks each for metadata. It returns nil as
+// soon as one answers, or when none refused for a reason it can name
+// within the budget or before ctx ends (the clients then report what they
+// find, as they always have); otherwise the refusal of the first broker of
+// the list that refused.
 func (a kafkaAccess) refusal(ctx context.Context) error {
-	var first error
-	for _, addr := range a.brokers {
-		if ctx.Err() != nil {
-			return nil
+	ctx, cancel := context.WithTimeout(ctx, refusalBudget)
+	defer cancel()
+	type result struct {
+		i       int
+		ok      bool
+		refusal *kafkaRefusal
+	}
+	// Buffered: a check still under way when this returns ends within
+	// its own timeouts and is dropped.
+	results := make(chan result, len(a.brokers))
+	for i, addr := range a.brokers {
+		go func() {
+			err := a.tryBroker(addr)
+			r := result{i: i, ok: err == nil}
+			if err != nil {
+				r.refusal = a.diagnose(addr, err)
+			}
+			results <- r
+		}()
+	}
+	refusals := make([]*kafkaRefusal, len(a.brokers))
+	first := func() error {
+		for _, r := range refusals {
+			if r != nil {
+				return r
+			}
 		}
-		err := a.tryBroker(addr)
-		if err == nil {
-			return nil
-		}
-		if r := a.diagnose(addr, err); r != nil && first == nil {
-			first = r
+		return nil
+	}
+	for range a.brokers {
+		select {
+		case r := <-results:
+			if r.ok {
+				return nil
+			}
+			refusals[r.i] = r.refusal
+		case <-ctx.Done():
+			return first()
 		}
 	}
-	return first
+	return first()
 }
 
 // tryBroker opens one connection to addr, authenticates and asks for the

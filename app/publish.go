@@ -43,9 +43,13 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", oneLine(err))
 		return ExitUsage
 	}
-	access, err := commandAccess(ctx, kcfg, addrs, env.Getenv)
+	access, err := newKafkaAccess(kcfg, addrs, env.Getenv)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", oneLine(err))
+		return ExitUsage
+	}
+	if err := access.refusal(ctx); err != nil {
+		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", err)
 		return ExitError
 	}
 	c := access.publisherConfig()
@@ -80,6 +84,9 @@ func publishBrokers(flagValue, path string, getenv func(string) string) (config.
 	if errors.Is(err, fs.ErrNotExist) {
 		cfg, err = config.Defaults(), nil
 		cfg.Kafka.Brokers = []string{cfg.Kafka.Embedded.Listen}
+		if list := getenv(config.BrokersEnv); strings.TrimSpace(list) != "" {
+			cfg.Kafka.Brokers = strings.Split(strings.ReplaceAll(list, " ", ""), ",")
+		}
 	}
 	if err != nil {
 		return config.Kafka{}, nil, err

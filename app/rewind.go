@@ -164,9 +164,12 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 		return fail(ExitError, "%s", err)
 	}
 	defer stop()
-	access, err := commandAccess(ctx, cfg.Kafka, brokers, env.Getenv)
+	access, err := newKafkaAccess(cfg.Kafka, brokers, env.Getenv)
 	if err != nil {
-		return fail(ExitError, "%s", oneLine(err))
+		return fail(ExitUsage, "%s", oneLine(err))
+	}
+	if err := access.refusal(ctx); err != nil {
+		return fail(ExitError, "%s", err)
 	}
 	c := access.saramaConfig()
 	c.ClientID = cfg.Kafka.ClientID + "-rewind"

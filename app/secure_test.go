@@ -299,3 +299,24 @@ func TestInsecureSkipVerify(t *testing.T) {
 		t.Errorf("eventrouter run exited %d; want 0\n%s", code, d.logs)
 	}
 }
+
+// The tool commands say the same one line as run when the brokers refuse.
+func TestCommandsRefused(t *testing.T) {
+	kafkatest.Real(t)
+	s := kafkatest.SecureListeners(t)
+	r := newRoute()
+	path := secureConfig(t, s.SASLSSL, saslKeys(s, "SCRAM-SHA-512", s.Username), r)
+	wrong := map[string]string{passwordEnv: "not-the-password-0123456789"}
+	want := fmt.Sprintf(`kafka %s: SASL SCRAM-SHA-512 authentication failed for user %q`, s.SASLSSL, s.Username)
+	for _, args := range [][]string{
+		{"publish", "--config", path, "--topic", r.in, `{"user_id": 1, "email": "a@example.com"}`},
+		{"replay", "--config", path, r.poison},
+		{"rewind", "welcome", "--config", path, "--to-earliest", "--yes"},
+	} {
+		res := runMain(t, "", wrong, args...)
+		if res.code != app.ExitError || !strings.Contains(res.stderr, want) || strings.Count(strings.TrimSpace(res.stderr), "\n") != 0 {
+			t.Errorf("%s with a wrong password = %d %q; want %d and one line with %q", args[0], res.code, res.stderr, app.ExitError, want)
+		}
+		assertNoSecret(t, args[0], res.stdout+res.stderr, []string{s.Password, "not-the-password-0123456789"})
+	}
+}

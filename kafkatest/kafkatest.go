@@ -47,14 +47,22 @@ func Each(t *testing.T, fn func(t *testing.T, target Target)) {
 // configured (fails it under CI=true).
 func Real(t *testing.T) []string {
 	t.Helper()
-	list := os.Getenv(BrokersEnv)
-	if list == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not set; CI runs every integration test on a real Kafka broker (make test starts one)", BrokersEnv)
-		}
-		t.Skipf("%s is not set; run make test to start a real Kafka broker", BrokersEnv)
-	}
+	list := need(t, BrokersEnv, "CI runs every integration test on a real Kafka broker (make test starts one)", "run make test to start a real Kafka broker")
 	return strings.Split(list, ",")
+}
+
+// need returns the variable name, or skips the test when it is not set
+// (fails it under CI=true, which has everything).
+func need(t *testing.T, name, inCI, hint string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not set; %s", name, inCI)
+		}
+		t.Skipf("%s is not set; %s", name, hint)
+	}
+	return v
 }
 
 // Embedded starts a kfake broker on a free port for the rest of the test

@@ -34,13 +34,8 @@ type Secure struct {
 // the test when none are configured (fails it under CI=true).
 func SecureListeners(t *testing.T) Secure {
 	t.Helper()
-	path := os.Getenv(SecureEnv)
-	if path == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not set; CI runs the secured-cluster tests on the real broker's SASL_SSL and SSL listeners (make test sets it)", SecureEnv)
-		}
-		t.Skipf("%s is not set; run make test, or scripts/kafka.sh secure >FILE and set it to FILE", SecureEnv)
-	}
+	path := need(t, SecureEnv, "CI runs the secured-cluster tests on the real broker's secured listeners (make test sets it)",
+		"run make test, or scripts/kafka.sh secure >FILE and set it to FILE")
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatalf("%s: %v", SecureEnv, err)

@@ -81,11 +81,13 @@ credentials() {
   mkdir -p "$secure"
   chmod 700 "$secure"
   if [[ ! -f $secure/passwords ]]; then
+    # Storage formatted with other passwords must be formatted again.
+    rm -f "$state/data/.scram-users"
     (umask 077 && printf 'SCRAM_PASSWORD=%s\nSTORE_PASSWORD=%s\n' "$(openssl rand -hex 16)" "$(openssl rand -hex 16)" >"$secure/passwords")
   fi
   # shellcheck source=/dev/null
   source "$secure/passwords"
-  if [[ -f $secure/broker.p12 && -f $secure/client.pem && -f $secure/other-ca.pem ]] &&
+  if [[ -f $secure/broker.p12 && -f $secure/truststore.p12 && -f $secure/client.pem && -f $secure/client-key.pem && -f $secure/other-ca.pem ]] &&
     openssl x509 -checkend 604800 -noout -in "$secure/broker.pem" >/dev/null 2>&1 &&
     openssl x509 -checkend 604800 -noout -in "$secure/client.pem" >/dev/null 2>&1; then
     return
