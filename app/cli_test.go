@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/eventrouter/eventrouter/app"
-	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 type cliResult struct {

@@ -17,8 +17,8 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/eventrouter/eventrouter/app"
-	"github.com/eventrouter/eventrouter/kafkatest"
 	"github.com/eventrouter/eventrouter/retry"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // tool returns the path of a client nobody here wrote, or skips the test

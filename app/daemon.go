@@ -25,13 +25,13 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
-	"github.com/eventrouter/eventrouter/broker"
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/consume"
 	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/kafka/broker"
+	"github.com/eventrouter/eventrouter/kafka/consume"
+	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
-	"github.com/eventrouter/eventrouter/record"
 	"github.com/eventrouter/eventrouter/retry"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -64,10 +64,14 @@ type Options struct {
 
 // Daemon is the long-lived event router.
 type Daemon struct {
-	cfg      config.Config
-	logger   *slog.Logger
-	registry map[string]handlers.Spec
-	deps     handlers.Deps
+	cfg    config.Config
+	logger *slog.Logger
+	// handlers are the routes' handlers, by route name, built in New.
+	handlers map[string]handlers.Handler
+	// ledger and pub are what the handlers' services forward to once Run
+	// has opened them.
+	ledger   atomic.Pointer[handlers.Ledger]
+	pub      atomic.Pointer[message.Publisher]
 	getenv   func(string) string
 	tracing  trace.TracerProvider
 	wrapPub  func(message.Publisher) message.Publisher
@@ -113,21 +117,21 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	// once; none needs another to have passed.
 	var errs []error
 	if err := checkRoutes(cfg.Routes, registry); err != nil {
-		errs = append(errs, splitJoined(err)...)
+		errs = append(errs, config.SplitErrors(err)...)
 	}
-	deps := handlers.Deps{Notifier: opts.Notifier, Now: opts.Now}
+	notifier := opts.Notifier
 	var built handlers.Notifier
-	if deps.Notifier == nil {
+	if notifier == nil {
 		n, err := newNotifier(cfg.Notifier, getenv, logger)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		deps.Notifier, built = n, n
+		notifier, built = n, n
 	}
 	var token string
 	if cfg.Ops.Enabled {
 		var err error
-		if token, err = readSecret("ops.token", cfg.Ops.TokenEnv, cfg.Ops.TokenFile, getenv); err != nil {
+		if token, err = config.ReadSecret("ops.token", cfg.Ops.TokenEnv, cfg.Ops.TokenFile, getenv); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -140,7 +144,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	}
 	access, accessErr := newKafkaAccess(cfg.Kafka, cfg.Brokers(), getenv)
 	if accessErr != nil {
-		errs = append(errs, splitJoined(accessErr)...)
+		errs = append(errs, config.SplitErrors(accessErr)...)
 	}
 	// The Kafka clients refuse these settings only when they connect; with
 	// the credentials missing they would say so again, in their words.
@@ -153,22 +157,43 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 			break
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	if deps.Now == nil {
-		deps.Now = time.Now
+	now := opts.Now
+	if now == nil {
+		now = time.Now
 	}
 	prom := prometheus.NewRegistry()
 	prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := newMetrics(prom)
-	deps.Notifier = countingNotifier{Notifier: deps.Notifier, sent: m.notifications}
-	return &Daemon{
-		cfg: cfg, logger: logger, registry: registry, deps: deps, getenv: getenv,
+	d := &Daemon{
+		cfg: cfg, logger: logger, getenv: getenv,
 		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
 		running: make(chan struct{}), opsToken: token, notifier: built, ledgerDSN: dsn,
 		kafka: access,
-	}, nil
+	}
+	var counted handlers.Notifier = countingNotifier{Notifier: notifier, sent: m.notifications}
+	if notifier == nil {
+		counted = nil
+	}
+	hs, problems := buildHandlers(cfg.Routes, registry, func(r config.Route) handlers.Services {
+		return services{
+			route: r, logger: logger.With("route", r.Name), now: now,
+			metrics:  prometheus.WrapRegistererWith(prometheus.Labels{"route": r.Name}, prom),
+			notifier: counted, ledger: &d.ledger, pub: &d.pub, getenv: getenv,
+		}
+	})
+	errs = append(errs, problems...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	d.handlers = hs
+	return d, nil
+}
+
+// Close releases what New built, for a daemon that will not run; Run
+// releases it itself.
+func (d *Daemon) Close() {
+	closeHandlers(d.handlers, d.logger)
+	d.handlers = nil
 }
 
 // newNotifier builds the configured notifier, reading its secret.
@@ -187,7 +212,7 @@ func newNotifier(cfg config.Notifier, getenv func(string) string, logger *slog.L
 		return nil, &config.KeyError{Key: "notifier.templates", Msg: err.Error()}
 	}
 	s := cfg.SMTP
-	password, err := readSecret("notifier.smtp.password", s.PasswordEnv, s.PasswordFile, getenv)
+	password, err := config.ReadSecret("notifier.smtp.password", s.PasswordEnv, s.PasswordFile, getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -231,6 +256,8 @@ func (d *Daemon) Running() <-chan struct{} { return d.running }
 // ones finish (for at most router.shutdown_timeout), commits their offsets,
 // closes the router and the publisher, and stops the broker last.
 func (d *Daemon) Run(ctx context.Context) error {
+	// Last, once the router has closed and no Handle runs.
+	defer d.Close()
 	if d.cfg.Kafka.Embedded.Enabled {
 		b, err := broker.Start(d.cfg.Kafka.Embedded, d.logger.With("component", "broker"))
 		if err != nil {
@@ -269,12 +296,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	deps := d.deps
-	deps.Ledger = timedLedger{Ledger: l, seconds: d.metrics.ledgerRecord}
-	deps.Logger = d.logger
-	deps.Skipped = func(ctx context.Context, template string) {
-		d.metrics.skipped.WithLabelValues(message.HandlerNameFromCtx(ctx), template).Inc()
-	}
+	var timed handlers.Ledger = timedLedger{Ledger: l, seconds: d.metrics.ledgerRecord}
+	d.ledger.Store(&timed)
 
 	tp := d.tracing
 	if tp == nil {
@@ -297,6 +320,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.logger.Error("close kafka publisher", "err", err)
 		}
 	}()
+	var shared message.Publisher = pub
+	if d.wrapPub != nil {
+		shared = d.wrapPub(pub)
+	}
+	d.pub.Store(&shared)
 
 	// Before the ops server, whose readiness check reads them.
 	d.breakers = make(map[string]*retry.Breaker, len(d.cfg.Routes))
@@ -330,7 +358,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if d.wrapPub != nil {
 			routePub = d.wrapPub(pub)
 		}
-		rd := routeDeps{pub: routePub, sub: d.subs[r.Name], ledger: l, handler: deps, wlog: wlog,
+		rd := routeDeps{pub: routePub, sub: d.subs[r.Name], ledger: l, wlog: wlog,
 			tracer: tracer, handlerMetrics: handlerMetrics.Middleware}
 		if err := d.addRoute(router, r, rd); err != nil {
 			return fmt.Errorf("route %s: %w", r.Name, err)
@@ -389,12 +417,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // routeDeps are what every route shares.
 type routeDeps struct {
-	pub     message.Publisher
-	sub     *consume.Subscriber
-	ledger  sideLedger
-	handler handlers.Deps
-	wlog    watermill.LoggerAdapter
-	tracer  trace.Tracer
+	pub    message.Publisher
+	sub    *consume.Subscriber
+	ledger sideLedger
+	wlog   watermill.LoggerAdapter
+	tracer trace.Tracer
 	// handlerMetrics is Watermill's handler execution histogram.
 	handlerMetrics message.HandlerMiddleware
 }
@@ -406,7 +433,6 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	d.metrics.handled.WithLabelValues(r.Name)
 	d.metrics.retried.WithLabelValues(r.Name)
 	d.metrics.poisoned.WithLabelValues(r.Name)
-	d.metrics.skipped.WithLabelValues(r.Name, handlers.WelcomeTemplate)
 	d.metrics.replayed.WithLabelValues(r.Name, "rewind")
 	d.metrics.replayed.WithLabelValues(r.Name, "poison")
 
@@ -435,7 +461,7 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 	// produced events (see output), so that a failed publish takes the
 	// same path as a failed handler.
 	handle := output(r, deps.pub, deps.ledger, deps.tracer, d.logger)(
-		middleware.Recoverer(middleware.CorrelationID(d.registry[r.Handler].New(deps.handler))))
+		middleware.Recoverer(middleware.CorrelationID(d.handlers[r.Name].Handle)))
 	h := router.AddConsumerHandler(r.Name, r.SubscribeTopic, deps.sub, func(msg *message.Message) error {
 		_, err := handle(msg)
 		return err
@@ -573,7 +599,7 @@ const ledgerStartWait = 60 * time.Second
 // readLedgerDSN reads the shared ledger's connection string and checks
 // that it parses, without quoting it: it holds a password.
 func readLedgerDSN(pc config.Postgres, getenv func(string) string) (string, error) {
-	dsn, err := readSecret("ledger.postgres.dsn", pc.DSNEnv, pc.DSNFile, getenv)
+	dsn, err := config.ReadSecret("ledger.postgres.dsn", pc.DSNEnv, pc.DSNFile, getenv)
 	if err != nil {
 		return "", err
 	}
@@ -581,31 +607,4 @@ func readLedgerDSN(pc config.Postgres, getenv func(string) string) (string, erro
 		return "", &config.KeyError{Key: "ledger.postgres.dsn", Msg: "does not parse as a PostgreSQL connection string or URL"}
 	}
 	return dsn, nil
-}
-
-// readSecret reads a secret from the environment variable env or the file
-// file, whichever is set (key_env or key_file in the config); none gives
-// "". An unset variable or an empty file is an error, so that a missing
-// secret fails at start-up rather than becoming an empty one. A file's
-// trailing line break is not part of the secret.
-func readSecret(key, env, file string, getenv func(string) string) (string, error) {
-	switch {
-	case env != "":
-		secret := getenv(env)
-		if secret == "" {
-			return "", &config.KeyError{Key: key + "_env", Msg: fmt.Sprintf("environment variable %s is empty", env)}
-		}
-		return secret, nil
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", &config.KeyError{Key: key + "_file", Msg: err.Error()}
-		}
-		secret := strings.TrimRight(string(b), "\r\n")
-		if secret == "" {
-			return "", &config.KeyError{Key: key + "_file", Msg: fmt.Sprintf("%s is empty", file)}
-		}
-		return secret, nil
-	}
-	return "", nil
 }

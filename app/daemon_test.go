@@ -16,7 +16,7 @@ import (
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/handlers"
-	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 const consumeTimeout = 60 * time.Second
@@ -93,16 +93,12 @@ func sourceOf(t *testing.T, rec *sarama.ConsumerMessage) string {
 // countingRegistry wraps the notification handler to count its calls.
 func countingRegistry(calls *int64counter) map[string]handlers.Spec {
 	reg := handlers.Registry()
-	spec := reg["notification"]
-	inner := spec.New
-	spec.New = func(d handlers.Deps) message.HandlerFunc {
-		h := inner(d)
+	reg["notification"] = reg["notification"].Wrapped(func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			calls.add(1)
 			return h(msg)
 		}
-	}
-	reg["notification"] = spec
+	})
 	return reg
 }
 

@@ -11,8 +11,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventrouter/eventrouter/app"
-	"github.com/eventrouter/eventrouter/kafkatest"
-	"github.com/eventrouter/eventrouter/mailtest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/mailtest"
 )
 
 func smtpYAML(m *mailtest.Server) string { return smtpAt(m.Host(), m.Port()) }

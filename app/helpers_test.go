@@ -18,10 +18,10 @@ import (
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/kafkatest"
 	"github.com/eventrouter/eventrouter/msglog"
 	"github.com/eventrouter/eventrouter/notify"
 	"github.com/eventrouter/eventrouter/retry"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // route is the topics of one test's notification route.

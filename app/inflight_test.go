@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eventrouter/eventrouter/kafkatest"
-	"github.com/eventrouter/eventrouter/mailtest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/mailtest"
 )
 
 // TestSIGKILLWithSlowKeysInFlight kills the daemon while the emails of

@@ -12,8 +12,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/consume"
-	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/kafka/consume"
+	"github.com/eventrouter/eventrouter/kafka/record"
 )
 
 // subscriberConfig is saramaConfig for a route's consumer group.
@@ -73,10 +73,15 @@ func newSubscriber(a kafkaAccess, r config.Route, logger *slog.Logger) (*consume
 	if err != nil {
 		return nil, fmt.Errorf("route %s: %w", r.Name, err)
 	}
+	sc := a.subscriberConfig()
+	if r.StartFrom == "latest" {
+		sc.Consumer.Offsets.Initial = sarama.OffsetNewest
+	}
 	sub, err := consume.NewSubscriber(consume.Config{
 		Brokers:       a.brokers,
 		ConsumerGroup: r.ConsumerGroup,
-		Sarama:        a.subscriberConfig(),
+		Sarama:        sc,
+		StartAtNewest: r.StartFrom == "latest",
 		Unmarshaler:   record.Marshaler{},
 		Ordering:      ordering,
 		MaxInFlight:   r.MaxInFlight,

@@ -57,7 +57,7 @@ func newKafkaAccess(cfg config.Kafka, brokers []string, getenv func(string) stri
 		a.tls = t
 	}
 	if cfg.SASL.Mechanism != "" {
-		p, err := readSecret("kafka.sasl.password", cfg.SASL.PasswordEnv, cfg.SASL.PasswordFile, getenv)
+		p, err := config.ReadSecret("kafka.sasl.password", cfg.SASL.PasswordEnv, cfg.SASL.PasswordFile, getenv)
 		if err == nil {
 			err = saslprep(cfg.SASL, p)
 		}

@@ -17,12 +17,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/consume"
 	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/kafka/consume"
+	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/msglog"
 	"github.com/eventrouter/eventrouter/notify"
-	"github.com/eventrouter/eventrouter/record"
 )
 
 // metrics are the daemon's own Prometheus metrics; Watermill's router
@@ -34,7 +34,6 @@ type metrics struct {
 	poisoned      *prometheus.CounterVec
 	duration      *prometheus.HistogramVec
 	notifications *prometheus.CounterVec
-	skipped       *prometheus.CounterVec
 	paused        *prometheus.GaugeVec
 	ledgerRecord  prometheus.Histogram
 }
@@ -66,10 +65,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eventrouter_notifications_sent_total",
 			Help: "Notifications delivered, by channel and template.",
 		}, []string{"route", "channel", "template"}),
-		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "eventrouter_notifications_skipped_total",
-			Help: "Notifications not sent again because the ledger says they went out before (repeated or redelivered events).",
-		}, []string{"route", "template"}),
 		ledgerRecord: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "eventrouter_ledger_record_seconds",
 			Help: "Time from a notification's delivery to its durable ledger entry: the window in which a crash makes it go out again.",
@@ -81,7 +76,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while a route waits for an unavailable dependency.",
 		}, []string{"route"}),
 	}
-	reg.MustRegister(m.handled, m.replayed, m.retried, m.poisoned, m.duration, m.notifications, m.skipped, m.paused, m.ledgerRecord)
+	reg.MustRegister(m.handled, m.replayed, m.retried, m.poisoned, m.duration, m.notifications, m.paused, m.ledgerRecord)
 	return m
 }
 
@@ -258,6 +253,10 @@ func (c *lagCollector) collectRoute(r config.Route, ch chan<- prometheus.Metric)
 		from := int64(-1)
 		if b := committed.GetBlock(r.SubscribeTopic, p); b != nil {
 			from = b.Offset
+		}
+		if from < 0 && r.StartFrom == "latest" {
+			// Nothing committed: the group will start at the end.
+			from = end
 		}
 		if from < 0 {
 			// Nothing committed: a new group starts at the oldest record.

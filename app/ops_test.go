@@ -18,9 +18,9 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/eventrouter/eventrouter/app"
-	"github.com/eventrouter/eventrouter/kafkatest"
 	"github.com/eventrouter/eventrouter/ledger"
-	"github.com/eventrouter/eventrouter/pgtest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/pgtest"
 )
 
 const opsToken = "s3cret-token"

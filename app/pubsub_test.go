@@ -9,7 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // TestPubSub runs Watermill's universal Pub/Sub test suite against the

@@ -17,6 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/kafka/record"
 )
 
 // ReplayedFromKey is the header a replayed record carries: the poison
@@ -225,9 +226,23 @@ type replayPlan struct {
 func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) replayPlan {
 	var kept []sarama.RecordHeader
 	var topics, reasons, handlers []string
+	var partition, offset string
+	original := false
 	for _, h := range headers {
 		if h == nil {
 			continue
+		}
+		switch key := string(h.Key); {
+		case key == PoisonedPartitionKey:
+			partition = string(h.Value)
+			continue
+		case key == PoisonedOffsetKey:
+			offset = string(h.Value)
+			continue
+		case key == record.OriginalKey:
+			// Poisoned again after a replay: the first record stays the
+			// event's identity.
+			original = true
 		}
 		switch key := string(h.Key); {
 		case key == middleware.PoisonedTopicKey:
@@ -277,6 +292,12 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 	}
 	p.target = target
 	p.headers = append(kept, sarama.RecordHeader{Key: []byte(ReplayedFromKey), Value: []byte(from)})
+	if !original && len(topics) == 1 && partition != "" && offset != "" {
+		// The record's stable identity (handlers.Record.ID), so that a
+		// receiver which dedupes on it knows the event again.
+		p.headers = append(p.headers, sarama.RecordHeader{Key: []byte(record.OriginalKey),
+			Value: []byte(topics[0] + "/" + partition + "/" + offset)})
+	}
 	// Back to the route that poisoned it alone, when the record names one
 	// route of the target topic; otherwise every route of the topic sees
 	// it, as any consumer would.

@@ -17,7 +17,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
-	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // fakePartition is a partition consumer whose channels the test feeds.

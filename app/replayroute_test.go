@@ -15,8 +15,8 @@ import (
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
-	"github.com/eventrouter/eventrouter/kafkatest"
 	"github.com/eventrouter/eventrouter/retry"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // A record one route poisoned goes back, on replay, to that route alone:
@@ -30,8 +30,8 @@ func TestReplayReachesOnlyThePoisoningRoute(t *testing.T) {
 		var mu sync.Mutex
 		seen := map[string]int{}
 		spec := func(name string) handlers.Spec {
-			return handlers.Spec{New: func(handlers.Deps) message.HandlerFunc {
-				return func(msg *message.Message) ([]*message.Message, error) {
+			return handlers.Spec{New: func(any, handlers.Services) (handlers.Handler, error) {
+				return handlers.Func(func(msg *message.Message) ([]*message.Message, error) {
 					if name == "welcome" && broken.Load() {
 						return nil, retry.Permanent(errors.New("template bug"))
 					}
@@ -39,7 +39,7 @@ func TestReplayReachesOnlyThePoisoningRoute(t *testing.T) {
 					seen[name]++
 					mu.Unlock()
 					return nil, nil
-				}
+				}), nil
 			}}
 		}
 		registry := map[string]handlers.Spec{"welcome-handler": spec("welcome"), "audit-handler": spec("audit")}

@@ -16,9 +16,9 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/eventrouter/eventrouter/broker"
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/consume"
+	"github.com/eventrouter/eventrouter/kafka/broker"
+	"github.com/eventrouter/eventrouter/kafka/consume"
 	"github.com/eventrouter/eventrouter/ledger"
 )
 

@@ -16,9 +16,9 @@ import (
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
-	"github.com/eventrouter/eventrouter/kafkatest"
-	"github.com/eventrouter/eventrouter/pgtest"
-	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/kafka/record"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/pgtest"
 )
 
 // offsetsSeen counts the records a route's handler saw, by partition and
@@ -33,10 +33,7 @@ type offsetsSeen struct {
 
 func (o *offsetsSeen) registry() map[string]handlers.Spec {
 	reg := handlers.Registry()
-	spec := reg["notification"]
-	inner := spec.New
-	spec.New = func(d handlers.Deps) message.HandlerFunc {
-		h := inner(d)
+	reg["notification"] = reg["notification"].Wrapped(func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)
 			if err == nil {
@@ -52,8 +49,7 @@ func (o *offsetsSeen) registry() map[string]handlers.Spec {
 			}
 			return out, err
 		}
-	}
-	reg["notification"] = spec
+	})
 	return reg
 }
 

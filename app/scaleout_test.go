@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/eventrouter/eventrouter/app"
-	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // buildBinary builds the eventrouter command once per test.

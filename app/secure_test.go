@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/eventrouter/eventrouter/app"
-	"github.com/eventrouter/eventrouter/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // passwordEnv holds the SASL password in the secured-cluster tests.

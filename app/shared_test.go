@@ -16,9 +16,9 @@ import (
 
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
-	"github.com/eventrouter/eventrouter/kafkatest"
-	"github.com/eventrouter/eventrouter/mailtest"
-	"github.com/eventrouter/eventrouter/pgtest"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
+	"github.com/eventrouter/eventrouter/testkit/mailtest"
+	"github.com/eventrouter/eventrouter/testkit/pgtest"
 )
 
 // sharedLedgerDSNEnv is the variable the shared-ledger tests put the DSN in.

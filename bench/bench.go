@@ -29,9 +29,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/eventrouter/eventrouter/app"
-	"github.com/eventrouter/eventrouter/broker"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/kafka/broker"
 	"github.com/eventrouter/eventrouter/msglog"
 )
 
@@ -699,8 +699,8 @@ func (b *bench) waitStable(ctx context.Context, group string) error {
 // with a handler that does nothing.
 func (b *bench) consumeRouterNoop(ctx context.Context, in string) (float64, error) {
 	s := &span{}
-	registry := map[string]handlers.Spec{"noop": {New: func(handlers.Deps) message.HandlerFunc {
-		return func(*message.Message) ([]*message.Message, error) { s.hit(); return nil, nil }
+	registry := map[string]handlers.Spec{"noop": {New: func(any, handlers.Services) (handlers.Handler, error) {
+		return handlers.Func(func(*message.Message) ([]*message.Message, error) { s.hit(); return nil, nil }), nil
 	}}}
 	stop, err := b.startDaemon(ctx, in, "", daemonRun{handler: "noop"}, registry)
 	if err != nil {

@@ -327,12 +327,27 @@ type Route struct {
 	// MaxInFlight bounds the records the route handles at once, across its
 	// partitions.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// StartFrom says where a consumer group with no committed offset
+	// starts: "earliest" (the default, as the seed's consumer) handles the
+	// topic's whole history, "latest" only records published from the
+	// group's first start on. A group that has committed resumes where it
+	// left off either way.
+	StartFrom string `yaml:"start_from"`
+	// Options are the handler's own settings, decoded by the handler into
+	// its own struct (see DecodeOptions); the config package does not know
+	// their keys.
+	Options yaml.Node `yaml:"options"`
+
+	// expanded maps each scalar of Options that ${VAR} expansion changed to
+	// the reference the file had, so that messages about options never
+	// quote a value that came from the environment.
+	expanded map[*yaml.Node]string
 }
 
 // DefaultRoute returns a route before its YAML is laid over it: retry is
 // the global policy it inherits.
 func DefaultRoute(retry Retry) Route {
-	return Route{Retry: retry.clone(), Ordering: "key", MaxInFlight: 256}
+	return Route{Retry: retry.clone(), Ordering: "key", MaxInFlight: 256, StartFrom: "earliest"}
 }
 
 // Defaults returns the configuration that every loaded file is laid over.
@@ -473,6 +488,9 @@ func decode(root *yaml.Node, cfg *Config, getenv func(string) string) []error {
 	}{routes}
 	_ = root.Decode(&top)
 	cfg.Routes = routes.routes
+	for i := range cfg.Routes {
+		cfg.Routes[i].expanded = expanded
+	}
 	return errs
 }
 
@@ -670,6 +688,11 @@ func (c Config) problems(inFile func(key string) bool) []error {
 		case "key", "partition", "unordered":
 		default:
 			add(key+".ordering", "%q is not an ordering; want key, partition or unordered", r.Ordering)
+		}
+		switch r.StartFrom {
+		case "earliest", "latest":
+		default:
+			add(key+".start_from", "%q is not a starting point; want earliest or latest", r.StartFrom)
 		}
 		if r.MaxInFlight < 1 || r.MaxInFlight > maxInFlight {
 			add(key+".max_in_flight", "must be between 1 and %d, got %d", maxInFlight, r.MaxInFlight)

@@ -129,6 +129,13 @@ func (c *checker) node(n *yaml.Node, t reflect.Type, def reflect.Value, path str
 		c.null(n, t, def, path)
 		return
 	}
+	if t == yamlNodeType {
+		// A handler's options: only the handler knows their keys (see
+		// DecodeOptions), but a repeated key is refused here, before
+		// dropRepeats hides it.
+		c.repeats(n, path)
+		return
+	}
 	if t.Kind() == reflect.Pointer {
 		if def.IsValid() {
 			def = def.Elem()
@@ -143,6 +150,12 @@ func (c *checker) node(n *yaml.Node, t reflect.Type, def reflect.Value, path str
 			return
 		}
 		c.mapping(n, t, def, path)
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			c.add(path, n.Line, "must be a mapping of keys, got %s", c.describe(n))
+			return
+		}
+		c.mapOf(n, t, path)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			c.add(path, n.Line, "must be a list, got %s", c.describe(n))
@@ -255,6 +268,54 @@ func (c *checker) mapping(n *yaml.Node, t reflect.Type, def reflect.Value, path 
 		c.node(v, t.Field(idx).Type, fdef, key)
 	}
 }
+
+// mapOf checks the entries of n as a Go map of type t: text keys, each
+// once, and values of t's element type.
+func (c *checker) mapOf(n *yaml.Node, t reflect.Type, path string) {
+	if t.Key().Kind() != reflect.String {
+		c.add(path, n.Line, "cannot be set in the file")
+		return
+	}
+	first := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || isNull(k) || isMerge(k) {
+			c.add(path, k.Line, "has a key that is %s, not text", c.describe(k))
+			continue
+		}
+		key := path + "." + k.Value
+		if line, ok := first[k.Value]; ok {
+			c.strict(key, k.Line, "is set twice (first on line %d)", line)
+			continue
+		}
+		first[k.Value] = k.Line
+		c.node(v, t.Elem(), reflect.Value{}, key)
+	}
+}
+
+// repeats reports every key set twice in a mapping under n.
+func (c *checker) repeats(n *yaml.Node, path string) {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		for i, item := range n.Content {
+			c.repeats(item, fmt.Sprintf("%s[%d]", path, i))
+		}
+	case yaml.MappingNode:
+		first := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			key := join(path, k.Value)
+			if line, ok := first[k.Value]; ok && k.Kind == yaml.ScalarNode {
+				c.strict(key, k.Line, "is set twice (first on line %d)", line)
+				continue
+			}
+			first[k.Value] = k.Line
+			c.repeats(v, key)
+		}
+	}
+}
+
+var yamlNodeType = reflect.TypeOf(yaml.Node{})
 
 // merge checks the value of a YAML merge key (<<): a mapping, an alias of
 // one, or a list of those, each merged into the mapping that holds it.

@@ -9,11 +9,12 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventrouter/eventrouter/events"
+	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
-	"github.com/eventrouter/eventrouter/record"
 	"github.com/eventrouter/eventrouter/retry"
 )
 
@@ -66,7 +67,28 @@ type Notification struct {
 	Skipped func(ctx context.Context, template string)
 }
 
-// Handle is the Watermill handler func.
+// newNotification builds the notification handler of a route, which
+// takes no options.
+func newNotification(_ any, s Services) (Handler, error) {
+	skipped, err := RegisterCounter(s.Metrics(), prometheus.CounterOpts{
+		Name: "eventrouter_notifications_skipped_total",
+		Help: "Notifications not sent again because the ledger says they went out before (repeated or redelivered events).",
+	}, "template")
+	if err != nil {
+		return nil, fmt.Errorf("notification metrics: %w", err)
+	}
+	// The series exists from the start, at zero.
+	skipped.WithLabelValues(WelcomeTemplate)
+	return Notification{
+		Notifier: s.Notifier(), Ledger: s.Ledger(), Now: s.Now, Logger: s.Logger(),
+		Skipped: func(_ context.Context, template string) { skipped.WithLabelValues(template).Inc() },
+	}, nil
+}
+
+// Close does nothing: the notifier and the ledger are the daemon's.
+func (Notification) Close() error { return nil }
+
+// Handle turns one user-registered event into a welcome notification.
 func (h Notification) Handle(msg *message.Message) ([]*message.Message, error) {
 	ev, err := events.DecodeUserRegistered(msg.Payload)
 	if err != nil {

@@ -15,10 +15,11 @@ import (
 
 	"github.com/eventrouter/eventrouter/events"
 	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
-	"github.com/eventrouter/eventrouter/record"
 	"github.com/eventrouter/eventrouter/retry"
+	"github.com/eventrouter/eventrouter/testkit/handlertest"
 )
 
 type fakeNotifier struct {
@@ -266,10 +267,19 @@ func TestProducerUUIDDoesNotDecideIdentity(t *testing.T) {
 }
 
 func TestRegistryBuildsEveryHandler(t *testing.T) {
-	deps := handlers.Deps{Notifier: &fakeNotifier{}, Now: time.Now}
+	// The least options each handler needs; building connects to nothing.
+	options := map[string]string{
+		"webhook": "url: http://127.0.0.1:1/hook",
+		"audit":   "dsn_env: AUDIT_DSN",
+	}
 	for _, name := range handlers.Names(handlers.Registry()) {
-		if handlers.Registry()[name].New(deps) == nil {
-			t.Errorf("Registry()[%q].New() = nil; want a handler func", name)
-		}
+		t.Run(name, func(t *testing.T) {
+			s := handlertest.NewServices(t)
+			s.Notify = &fakeNotifier{}
+			s.Env["AUDIT_DSN"] = "postgres://audit@127.0.0.1:1/audit"
+			if h := handlertest.Build(t, handlers.Registry()[name], options[name], s); h == nil {
+				t.Errorf("Registry()[%q].New() = nil; want a handler", name)
+			}
+		})
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/eventrouter/eventrouter/ledger"
-	"github.com/eventrouter/eventrouter/pgtest"
+	"github.com/eventrouter/eventrouter/testkit/pgtest"
 )
 
 // store is what the handlers and the router use of a ledger; every

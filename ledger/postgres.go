@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventrouter/eventrouter/groupcommit"
 	"github.com/eventrouter/eventrouter/retry"
 )
 
@@ -84,8 +85,8 @@ type Postgres struct {
 	// opened, in Unix nanoseconds (see mayTakeOver).
 	troubleAt atomic.Int64
 	// claims and records group the statements of concurrent handlers.
-	claims  *batcher[string, claimRow]
-	records *batcher[recordReq, struct{}]
+	claims  *groupcommit.Batcher[string, claimRow]
+	records *groupcommit.Batcher[recordReq, struct{}]
 
 	mu sync.Mutex
 	// held counts this process's claims by key, which the renewer keeps
@@ -145,8 +146,8 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	// Each worker holds at most one connection; the rest of the pool is
 	// for renewals, marks and releases.
 	workers := max(1, int(pool.Config().MaxConns)/4)
-	p.claims = newBatcher(workers, maxBatch, p.claimBatch)
-	p.records = newBatcher(workers, maxBatch, p.recordBatch)
+	p.claims = groupcommit.New(workers, maxBatch, p.claimBatch)
+	p.records = groupcommit.New(workers, maxBatch, p.recordBatch)
 	// A new instance has not seen the database for a lease yet.
 	p.troubleAt.Store(time.Now().UnixNano())
 	p.wg.Add(2)
@@ -455,7 +456,7 @@ func (p *Postgres) Claim(ctx context.Context, key string) (e Entry, found bool, 
 	// email's time, then less often.
 	wait := 20 * time.Millisecond
 	for {
-		r, err := p.claims.do(key)
+		r, err := p.claims.Do(key)
 		switch {
 		case err != nil:
 			unlock()
@@ -604,7 +605,7 @@ func (p *Postgres) Record(ctx context.Context, key string, e Entry) error {
 
 // write stores an unsaved entry, and forgets it once it is written.
 func (p *Postgres) write(key string, e Entry) error {
-	if _, err := p.records.do(recordReq{key: key, e: e}); err != nil {
+	if _, err := p.records.Do(recordReq{key: key, e: e}); err != nil {
 		return err
 	}
 	p.forget(key, e)
@@ -866,8 +867,8 @@ func (p *Postgres) Close() error {
 			_ = p.renewLeases()
 			time.Sleep(markInterval)
 		}
-		p.claims.close()
-		p.records.close()
+		p.claims.Close()
+		p.records.Close()
 		p.pool.Close()
 	})
 	return err

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/eventrouter/eventrouter/ledger"
-	"github.com/eventrouter/eventrouter/pgtest"
 	"github.com/eventrouter/eventrouter/retry"
+	"github.com/eventrouter/eventrouter/testkit/pgtest"
 )
 
 // A claim whose owner is alive, and renews it, is never taken: another

@@ -14,9 +14,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/eventrouter/eventrouter/events"
-	"github.com/eventrouter/eventrouter/mailtest"
 	"github.com/eventrouter/eventrouter/notify"
 	"github.com/eventrouter/eventrouter/retry"
+	"github.com/eventrouter/eventrouter/testkit/mailtest"
 )
 
 const recipient = "Private.Person@example.com"

@@ -74,7 +74,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			out, err := h(msg)
 			var u *UnavailableError
 			if errors.As(err, &u) {
-				b.trip(u.Dependency, err, !holding)
+				b.trip(u.Dependency, err, !holding, u.After)
 				holding = true
 				continue
 			}
@@ -92,7 +92,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 // the middleware (such as the poison queue's publish), and waits out the
 // pause, or until ctx is done.
 func (b *Breaker) Hold(ctx context.Context, dependency string, cause error) error {
-	b.trip(dependency, cause, true)
+	b.trip(dependency, cause, true, 0)
 	defer b.release()
 	return b.waitClosed(ctx)
 }
@@ -141,7 +141,8 @@ func (b *Breaker) waitClosed(ctx context.Context) error {
 	}
 }
 
-func (b *Breaker) trip(dep string, cause error, hold bool) {
+// trip pauses the route, for at least after when positive.
+func (b *Breaker) trip(dep string, cause error, hold bool, after time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if hold {
@@ -159,7 +160,7 @@ func (b *Breaker) trip(dep string, cause error, hold bool) {
 		b.wait = min(2*b.wait, max(b.MaxWait, b.MinWait, minBreakerWait))
 	}
 	b.dep, b.cause = dep, cause
-	b.openUntil = now.Add(b.wait)
+	b.openUntil = now.Add(max(b.wait, after))
 	// Under the lock, so that a pause and a resume racing each other are
 	// reported in the order they happened.
 	if opened && b.OnChange != nil {

@@ -13,7 +13,10 @@
 //     poisoned.
 package retry
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // PermanentError marks an error that retrying cannot fix.
 type PermanentError struct {
@@ -44,7 +47,11 @@ type UnavailableError struct {
 	// Dependency names what is down, such as "smtp" or "kafka". Only an
 	// attempt that reaches it again (see Reached) resumes a paused route.
 	Dependency string
-	Err        error
+	// After, when positive, is how long the dependency asked to be left
+	// alone (an HTTP Retry-After, say): the route pauses at least that
+	// long, up to MaxAfter.
+	After time.Duration
+	Err   error
 }
 
 func (e *UnavailableError) Error() string { return e.Err.Error() }
@@ -58,6 +65,20 @@ func Unavailable(dependency string, err error) error {
 		return nil
 	}
 	return &UnavailableError{Dependency: dependency, Err: err}
+}
+
+// MaxAfter caps the pause a dependency may ask for with
+// UnavailableFor, so that a bad Retry-After cannot stall a route for days.
+const MaxAfter = 5 * time.Minute
+
+// UnavailableFor is Unavailable for a dependency that said when to come
+// back: the route pauses for at least after (at most MaxAfter). It returns
+// nil for a nil err.
+func UnavailableFor(dependency string, after time.Duration, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &UnavailableError{Dependency: dependency, After: min(after, MaxAfter), Err: err}
 }
 
 // IsUnavailable reports whether err, or an error it wraps, is an outage.

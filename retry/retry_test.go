@@ -341,3 +341,44 @@ func TestPolicyPermanentAndCancel(t *testing.T) {
 		t.Errorf("cancelled wait = %v; want context.Canceled and the attempt's error", err)
 	}
 }
+
+func TestBreakerHonoursAfter(t *testing.T) {
+	tests := []struct {
+		name  string
+		after time.Duration
+		want  time.Duration
+	}{
+		{"longer than the breaker's wait", 300 * time.Millisecond, 300 * time.Millisecond},
+		{"shorter than the breaker's wait", time.Millisecond, 50 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &retry.Breaker{MinWait: 50 * time.Millisecond, MaxWait: time.Second}
+			var calls []time.Time
+			h := b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+				calls = append(calls, time.Now())
+				if len(calls) == 1 {
+					return nil, retry.UnavailableFor("http", tt.after, errors.New("503"))
+				}
+				retry.Reached(msg.Context(), "http")
+				return nil, nil
+			})
+			if _, err := h(message.NewMessage("1", nil)); err != nil {
+				t.Fatalf("handler: %v", err)
+			}
+			if len(calls) != 2 {
+				t.Fatalf("got %d calls; want 2", len(calls))
+			}
+			if gap := calls[1].Sub(calls[0]); gap < tt.want {
+				t.Errorf("got a pause of %s; want at least %s", gap, tt.want)
+			}
+			if paused, _ := b.Paused(); paused {
+				t.Error("breaker still paused after the dependency answered")
+			}
+		})
+	}
+	var u *retry.UnavailableError
+	if err := retry.UnavailableFor("http", time.Hour, errors.New("x")); !errors.As(err, &u) || u.After != retry.MaxAfter {
+		t.Errorf("got After %v; want it capped at %v", u, retry.MaxAfter)
+	}
+}

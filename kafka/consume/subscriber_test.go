@@ -17,9 +17,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
-	"github.com/eventrouter/eventrouter/consume"
-	"github.com/eventrouter/eventrouter/kafkatest"
-	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/kafka/consume"
+	"github.com/eventrouter/eventrouter/kafka/record"
+	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
 // handling is what the stress test's handler saw of one record.

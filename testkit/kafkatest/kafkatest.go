@@ -15,8 +15,8 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/eventrouter/eventrouter/broker"
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/kafka/broker"
 )
 
 // BrokersEnv names the variable that points tests at a real Kafka broker.

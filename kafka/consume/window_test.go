@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eventrouter/eventrouter/consume"
+	"github.com/eventrouter/eventrouter/kafka/consume"
 )
 
 var t0 = time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)

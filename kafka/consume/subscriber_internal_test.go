@@ -12,7 +12,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/kafka/record"
 )
 
 // waitTimeout bounds every wait on the partition's goroutines; a healthy

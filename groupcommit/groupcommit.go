@@ -1,20 +1,23 @@
-package ledger
+// Package groupcommit groups the calls of concurrent goroutines into
+// batches, as a database's group commit does, so that many handlers
+// writing at once pay for one round trip.
+package groupcommit
 
 import (
 	"errors"
 	"sync"
 )
 
-// errClosed is what a call to a closed ledger gets.
-var errClosed = errors.New("ledger is closed")
+// ErrClosed is what a call to a closed Batcher gets.
+var ErrClosed = errors.New("batcher is closed")
 
-// batcher groups the calls of concurrent handlers into one statement, as
+// Batcher groups the calls of concurrent handlers into one statement, as
 // group commit does: a worker takes the first call waiting and every
 // other call waiting with it (up to max), runs them in one round trip and
 // one transaction, and hands each caller its own result. A call that finds
 // a worker idle runs at once, alone; calls queue only behind a running
 // batch, so batches grow with the load and add no delay when it is low.
-type batcher[Req, Res any] struct {
+type Batcher[Req, Res any] struct {
 	calls chan *batchCall[Req, Res]
 	max   int
 	// run returns a result and an error per request, or one error for the
@@ -23,7 +26,7 @@ type batcher[Req, Res any] struct {
 	wg  sync.WaitGroup
 
 	// mu guards closed against calls racing close: a handler the router
-	// gave up waiting for may still call after the ledger closed.
+	// gave up waiting for may still call after its owner closed.
 	mu     sync.RWMutex
 	closed bool
 }
@@ -35,25 +38,25 @@ type batchCall[Req, Res any] struct {
 	done chan struct{}
 }
 
-// newBatcher starts workers that each run one batch at a time.
-func newBatcher[Req, Res any](workers, max int, run func(reqs []Req) ([]Res, []error, error)) *batcher[Req, Res] {
-	b := &batcher[Req, Res]{calls: make(chan *batchCall[Req, Res], 4*max), max: max, run: run}
+// New starts workers that each run one batch at a time.
+func New[Req, Res any](workers, max int, run func(reqs []Req) ([]Res, []error, error)) *Batcher[Req, Res] {
+	b := &Batcher[Req, Res]{calls: make(chan *batchCall[Req, Res], 4*max), max: max, run: run}
 	for range workers {
 		b.wg.Go(b.work)
 	}
 	return b
 }
 
-// do runs req in the next batch and returns its result. It waits for the
+// Do runs req in the next batch and returns its result. It waits for the
 // batch even when the caller's context ends: the statement is bounded by
 // its own timeout, and a claim made must reach its caller to be released.
-func (b *batcher[Req, Res]) do(req Req) (Res, error) {
+func (b *Batcher[Req, Res]) Do(req Req) (Res, error) {
 	c := &batchCall[Req, Res]{req: req, done: make(chan struct{})}
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
 		var zero Res
-		return zero, errClosed
+		return zero, ErrClosed
 	}
 	b.calls <- c
 	b.mu.RUnlock()
@@ -61,7 +64,7 @@ func (b *batcher[Req, Res]) do(req Req) (Res, error) {
 	return c.res, c.err
 }
 
-func (b *batcher[Req, Res]) work() {
+func (b *Batcher[Req, Res]) work() {
 	for first := range b.calls {
 		batch := []*batchCall[Req, Res]{first}
 	gather:
@@ -93,9 +96,9 @@ func (b *batcher[Req, Res]) work() {
 	}
 }
 
-// close stops the workers once the calls queued are done; later calls get
-// errClosed. It may be called more than once.
-func (b *batcher[Req, Res]) close() {
+// Close stops the workers once the calls queued are done; later calls get
+// ErrClosed. It may be called more than once.
+func (b *Batcher[Req, Res]) Close() {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()

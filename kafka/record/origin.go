@@ -37,3 +37,9 @@ func OriginFrom(ctx context.Context) (Origin, bool) {
 	o, ok := ctx.Value(originContextKey{}).(Origin)
 	return o, ok
 }
+
+// OriginalKey is the header of a record replayed from a poison topic that
+// names, as topic/partition/offset, the record first consumed and poisoned.
+// It survives further poisonings and replays, so that the event keeps one
+// identity however often it comes back.
+const OriginalKey = "original_record"

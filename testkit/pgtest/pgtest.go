@@ -137,3 +137,19 @@ func Private(t testing.TB) (dsn string, stop, start func()) {
 	run("start")
 	return strings.TrimSpace(run("dsn")), func() { run("stop") }, func() { run("start") }
 }
+
+// Count runs sql, which returns one integer, on dsn, and returns its
+// error rather than failing the test: for conditions polled while a table
+// may not exist yet.
+func Count(dsn, sql string, args ...any) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	var n int64
+	err = conn.QueryRow(ctx, sql, args...).Scan(&n)
+	return n, err
+}

@@ -14,7 +14,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/kafka/record"
 )
 
 // Unmarshaler turns a Kafka record into a Watermill message.
@@ -55,6 +55,12 @@ type Config struct {
 	// acks are dropped, and the new owner handles those records again.
 	// Default 30s; keep it under the group's rebalance timeout.
 	RevokeTimeout time.Duration
+	// StartAtNewest starts a partition the group has never committed at
+	// its end, not its start: only records published from the group's
+	// first session on are handed out. The end is committed as soon as
+	// the partition is claimed, so that records published while the
+	// daemon is down after that are not skipped.
+	StartAtNewest bool
 	// Logger receives the subscriber's own lines; nil discards them.
 	Logger *slog.Logger
 }
@@ -175,7 +181,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan *message.Message)
-	h := &groupHandler{s: s, ctx: ctx, out: out, admin: admin}
+	h := &groupHandler{s: s, ctx: ctx, out: out, admin: admin, client: client}
 	logger := s.cfg.Logger.With("topic", topic, "consumer_group", s.cfg.ConsumerGroup)
 
 	s.wg.Add(1)
@@ -333,10 +339,11 @@ func (s *Subscriber) orphanDone(tp topicPartition) {
 
 // groupHandler is the sarama side of one subscription.
 type groupHandler struct {
-	s     *Subscriber
-	ctx   context.Context
-	out   chan<- *message.Message
-	admin sarama.ClusterAdmin
+	s      *Subscriber
+	ctx    context.Context
+	out    chan<- *message.Message
+	admin  sarama.ClusterAdmin
+	client sarama.Client
 }
 
 // RewindMarker starts the commit metadata that `eventrouter rewind` writes:
@@ -367,8 +374,43 @@ func (h *groupHandler) rewoundUntil(claim sarama.ConsumerGroupClaim) (int64, str
 	return until, b.Metadata
 }
 
-func (h *groupHandler) Setup(sarama.ConsumerGroupSession) error {
+func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
+	if h.s.cfg.StartAtNewest {
+		if err := h.startAtNewest(sess); err != nil {
+			return err
+		}
+	}
 	h.s.sessions.Add(1)
+	return nil
+}
+
+// startAtNewest commits the end of every claimed partition the group has
+// no offset for. sarama reads a claim's first offset after Setup, from
+// the mark made here.
+func (h *groupHandler) startAtNewest(sess sarama.ConsumerGroupSession) error {
+	marked := false
+	for topic, partitions := range sess.Claims() {
+		offsets, err := h.admin.ListConsumerGroupOffsets(h.s.cfg.ConsumerGroup, map[string][]int32{topic: partitions})
+		if err != nil {
+			return fmt.Errorf("read committed offsets of %s: %w", topic, err)
+		}
+		for _, p := range partitions {
+			if b := offsets.GetBlock(topic, p); b != nil && b.Offset >= 0 {
+				continue
+			}
+			end, err := h.client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				return fmt.Errorf("read end of %s/%d: %w", topic, p, err)
+			}
+			sess.MarkOffset(topic, p, end, "")
+			marked = true
+			h.s.cfg.Logger.Info("new consumer group starts at the end of the partition (start_from: latest)",
+				"topic", topic, "partition", p, "offset", end)
+		}
+	}
+	if marked {
+		sess.Commit()
+	}
 	return nil
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/eventrouter/eventrouter/record"
+	"github.com/eventrouter/eventrouter/kafka/record"
 )
 
 func TestUnmarshal(t *testing.T) {
