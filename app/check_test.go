@@ -100,7 +100,7 @@ notifier:
 	path := writeCheckConfig(t, "c.yaml", raw)
 	res := runMain(t, "", nil, "config", "check", path)
 	want := []string{
-		`line 5: routes[0].handler: unknown handler "fax"; known: notification`,
+		`line 5: routes[0].handler: unknown handler "fax"; known: audit, log, notification, webhook`,
 		`line 9: routes[0].dial_timeout: unknown key`,
 		`line 12: ops.token_env: environment variable NO_SUCH_TOKEN is empty`,
 		`line 14: log.level: must be debug, info, warn or error, got "loud"`,
@@ -135,5 +135,47 @@ func TestConfigCheckPlainWords(t *testing.T) {
 	}
 	if strings.Contains(res.stdout, "unmarshal") || strings.Contains(res.stdout, "!!") {
 		t.Errorf("config check printed %q; want no YAML library words", res.stdout)
+	}
+}
+
+// TestRouteOptionsRefused gives routes options their handlers refuse: run
+// refuses them before connecting, and config check names the same key and
+// line.
+func TestRouteOptionsRefused(t *testing.T) {
+	ledger := "ledger:\n  path: " + filepath.Join(t.TempDir(), "ledger.db") + "\n"
+	hook := func(options string) string {
+		return ledger + cliConfig + "  - name: hook\n    handler: webhook\n    subscribe_topic: user-registered\n    consumer_group: hook\n    poison_topic: hook.poison\n" + options
+	}
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown option", hook("    options:\n      url: http://127.0.0.1:1/\n      retries: 3\n"),
+			"line 18: routes[1].options.retries: unknown key; known: url, headers, timeout, max_connections, content_type, template, secret_env, secret_file"},
+		{"option of the wrong type", hook("    options:\n      url: http://127.0.0.1:1/\n      timeout: [1s]\n"),
+			"line 18: routes[1].options.timeout: must be a duration"},
+		{"missing option", hook("    options:\n      timeout: 1s\n"), "line 17: routes[1].options.url: is missing"},
+		{"no options at all", hook(""), "routes[1].options.url: is missing"},
+		{"invalid option", hook("    options:\n      url: ftp://127.0.0.1/\n"),
+			`line 17: routes[1].options.url: must start with http:// or https://, got scheme "ftp"`},
+		{"unset secret", hook("    options:\n      url: http://127.0.0.1:1/\n      secret_env: NO_SUCH_SECRET\n"),
+			"line 18: routes[1].options.secret_env: environment variable NO_SUCH_SECRET is empty"},
+		{"options for a handler without any", strings.Replace(cliConfig, "    publish_topic: notification-sent\n",
+			"    publish_topic: notification-sent\n    options:\n      template: welcome\n", 1) + ledger,
+			`line 10: routes[0].options: handler "notification" takes no options`},
+		{"bad start_from", cliConfig + "    start_from: newest\n" + ledger,
+			`line 9: routes[0].start_from: "newest" is not a starting point; want earliest or latest`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeCheckConfig(t, "c.yaml", tt.yaml)
+			check := runMain(t, "", nil, "config", "check", path)
+			if check.code != app.ExitUsage || !strings.Contains(check.stdout, tt.want) {
+				t.Errorf("config check = %d %q; want %d and %q", check.code, check.stdout, app.ExitUsage, tt.want)
+			}
+			run := runMain(t, "", nil, "run", "--config", path)
+			if run.code != app.ExitUsage || !strings.Contains(run.stderr, strings.TrimPrefix(tt.want, "line ")) {
+				t.Errorf("run = %d %q; want %d and %q, refused before connecting", run.code, run.stderr, app.ExitUsage, tt.want)
+			}
+		})
 	}
 }

@@ -47,7 +47,7 @@ func TestRunRejectsBadConfigBeforeConnecting(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown key", cliConfig + "extra: true\n", "line 9: extra: unknown key"},
-		{"unknown handler", strings.Replace(cliConfig, "handler: notification", "handler: sms", 1), `routes[0].handler: unknown handler "sms"; known: notification`},
+		{"unknown handler", strings.Replace(cliConfig, "handler: notification", "handler: sms", 1), `routes[0].handler: unknown handler "sms"; known: audit, log, notification, webhook`},
 		{"bad duration", cliConfig + "retry:\n  max_interval: soon\n", `retry.max_interval: "soon" is not a duration`},
 		{"missing topic", strings.Replace(cliConfig, "subscribe_topic: user-registered", "", 1), "routes[0].subscribe_topic: is missing"},
 		{"publishing handler without publish topic", strings.Replace(cliConfig, "publish_topic: notification-sent", "", 1), `routes[0].publish_topic: is missing; handler "notification" publishes events`},

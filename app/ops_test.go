@@ -283,7 +283,7 @@ func TestConfigCheck(t *testing.T) {
 		{"several problems", strings.Replace(cliConfig, "consumer_group: notification-service", "", 1) + "retry:\n  multiplier: 0.5\nlog:\n  level: loud\n", 2,
 			[]string{"line 5: routes[0].consumer_group: is missing", "line 10: retry.multiplier: must be at least 1", "line 12: log.level: must be", "3 problem(s)"}},
 		{"unknown key", cliConfig + "routez: []\n", 2, []string{"line 9: routez: unknown key"}},
-		{"unknown handler", strings.Replace(cliConfig, "handler: notification", "handler: fax", 1), 2, []string{`line 5: routes[0].handler: unknown handler "fax"; known: notification`}},
+		{"unknown handler", strings.Replace(cliConfig, "handler: notification", "handler: fax", 1), 2, []string{`line 5: routes[0].handler: unknown handler "fax"; known: audit, log, notification, webhook`}},
 		{"missing smtp host", cliConfig + "notifier:\n  kind: smtp\n  smtp:\n    from: a@b.co\n", 2, []string{"line 11: notifier.smtp.host: is missing"}},
 		{"bad smtp password env", cliConfig + "notifier:\n  kind: smtp\n  smtp:\n    host: h\n    from: a@b.co\n    username: u\n    password_env: NOPE\n", 2, []string{"line 15: notifier.smtp.password_env: environment variable NOPE is empty"}},
 		{"bad tracing", cliConfig + "tracing:\n  exporter: zipkin\n", 2, []string{"line 10: tracing.exporter: must be none or otlp"}},
