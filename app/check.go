@@ -14,6 +14,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/ledger"
 )
 
@@ -166,24 +167,24 @@ func splitJoined(err error) []error {
 
 // liveCheck reports, per route, whether the brokers answer and whether its
 // topics exist, with their partition counts.
-func liveCheck(ctx context.Context, a kafkaAccess, cfg config.Config, out io.Writer) bool {
-	if err := a.refusal(ctx); err != nil {
+func liveCheck(ctx context.Context, a client.Settings, cfg config.Config, out io.Writer) bool {
+	if err := a.Refusal(ctx); err != nil {
 		fmt.Fprintln(out, err)
 		return false
 	}
-	c := a.saramaConfig()
+	c := a.Config()
 	c.ClientID = cfg.Kafka.ClientID + "-check"
 	c.Metadata.Retry.Max = 1
 	// Looking must not create topics.
 	c.Metadata.AllowAutoTopicCreation = false
-	brokers := strings.Join(a.brokers, ",")
-	client, err := sarama.NewClient(a.brokers, c)
+	brokers := strings.Join(a.Brokers(), ",")
+	client, err := sarama.NewClient(a.Brokers(), c)
 	if err != nil {
 		fmt.Fprintf(out, "kafka %s: unreachable: %v\n", brokers, err)
 		return false
 	}
 	defer client.Close()
-	fmt.Fprintf(out, "kafka %s: reachable (%d broker(s), %s)\n", brokers, len(client.Brokers()), a.protocol())
+	fmt.Fprintf(out, "kafka %s: reachable (%d broker(s), %s)\n", brokers, len(client.Brokers()), a.Protocol())
 	autoCreate := autoCreateTopics(client)
 	for _, r := range cfg.Routes {
 		if ctx.Err() != nil {

@@ -25,16 +25,18 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/kafka/broker"
+	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/kafka/consume"
 	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
 	"github.com/eventrouter/eventrouter/retry"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Headers that eventrouter adds to a poisoned record, beside Watermill's
@@ -97,7 +99,7 @@ type Daemon struct {
 	// holds a password and is never logged.
 	ledgerDSN string
 	// kafka makes the Kafka clients; its credentials are read in New.
-	kafka kafkaAccess
+	kafka client.Settings
 	// shared is the open shared ledger, for readiness; nil with bbolt.
 	shared atomic.Pointer[ledger.Postgres]
 }
@@ -142,13 +144,13 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 			errs = append(errs, err)
 		}
 	}
-	access, accessErr := newKafkaAccess(cfg.Kafka, cfg.Brokers(), getenv)
+	access, accessErr := client.New(cfg.Kafka, cfg.Brokers(), getenv)
 	if accessErr != nil {
 		errs = append(errs, config.SplitErrors(accessErr)...)
 	}
 	// The Kafka clients refuse these settings only when they connect; with
 	// the credentials missing they would say so again, in their words.
-	for _, c := range []*sarama.Config{access.subscriberConfig(), access.publisherConfig()} {
+	for _, c := range []*sarama.Config{access.Subscriber(), access.Publisher()} {
 		if accessErr != nil {
 			break
 		}
@@ -274,7 +276,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// Credentials and certificates the brokers refuse fail the start at
 	// once, in one line; the clients would retry them for ever.
-	if err := d.kafka.refusal(ctx); err != nil {
+	if err := d.kafka.Refusal(ctx); err != nil {
 		return err
 	}
 
@@ -372,7 +374,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	select {
 	case <-router.Running():
-		d.logger.Info("router running", "routes", len(d.cfg.Routes), "brokers", strings.Join(d.kafka.brokers, ","), "security", d.kafka.protocol())
+		d.logger.Info("router running", "routes", len(d.cfg.Routes), "brokers", strings.Join(d.kafka.Brokers(), ","), "security", d.kafka.Protocol())
 		close(d.running)
 	case err := <-routerDone:
 		return fmt.Errorf("start router: %w", err)

@@ -35,8 +35,8 @@ func (d *Daemon) inFlight() int64 {
 // the ops endpoints. The returned func stops it all.
 func (d *Daemon) startOps() (func(), error) {
 	token := d.opsToken
-	brokers := d.kafka.brokers
-	c := d.kafka.saramaConfig()
+	brokers := d.kafka.Brokers()
+	c := d.kafka.Config()
 	c.ClientID = d.cfg.Kafka.ClientID + "-ops"
 	c.Metadata.Retry.Max = 0
 	// Looking must not create topics.

@@ -14,6 +14,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/kafka/client"
 )
 
 // publishCommand plays the seed's User Service: it publishes plain records
@@ -43,16 +44,16 @@ func publishCommand(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", oneLine(err))
 		return ExitUsage
 	}
-	access, err := newKafkaAccess(kcfg, addrs, env.Getenv)
+	access, err := client.New(kcfg, addrs, env.Getenv)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", oneLine(err))
 		return ExitUsage
 	}
-	if err := access.refusal(ctx); err != nil {
+	if err := access.Refusal(ctx); err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter publish: %s\n", err)
 		return ExitError
 	}
-	c := access.publisherConfig()
+	c := access.Publisher()
 	c.ClientID = "eventrouter-publish"
 	producer, err := sarama.NewAsyncProducer(addrs, c)
 	if err != nil {

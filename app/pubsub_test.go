@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
@@ -27,7 +28,7 @@ func TestPubSub(t *testing.T) {
 		for _, ordering := range []string{"key", "partition", "unordered"} {
 			t.Run(ordering, func(t *testing.T) {
 				t.Parallel()
-				access := kafkaAccess{cfg: config.Defaults().Kafka, brokers: k.Brokers}
+				access, _ := client.New(config.Defaults().Kafka, k.Brokers, nil)
 				newPubSub := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
 					pub, err := newPublisher(access, watermill.NopLogger{})
 					if err != nil {

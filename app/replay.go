@@ -17,6 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/kafka/record"
 )
 
@@ -115,7 +116,7 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 	if strings.TrimSpace(*brokers) != "" {
 		addrs = strings.Split(strings.ReplaceAll(*brokers, " ", ""), ",")
 	}
-	access, err := newKafkaAccess(cfg.Kafka, addrs, env.Getenv)
+	access, err := client.New(cfg.Kafka, addrs, env.Getenv)
 	if err != nil {
 		return fail("%s", oneLine(err))
 	}
@@ -318,7 +319,7 @@ func appendNew(list []string, s string) []string {
 }
 
 type replayer struct {
-	kafka  kafkaAccess
+	kafka  client.Settings
 	poison string
 	group  string
 	rules  replayRules
@@ -343,15 +344,15 @@ type replayer struct {
 // run replays every record between the group's committed offsets and the
 // poison topic's end offsets at the start.
 func (r *replayer) run(ctx context.Context) (replayed, skipped int, err error) {
-	if err := r.kafka.refusal(ctx); err != nil {
+	if err := r.kafka.Refusal(ctx); err != nil {
 		return 0, 0, err
 	}
-	cfg := r.kafka.publisherConfig()
+	cfg := r.kafka.Publisher()
 	cfg.ClientID = "eventrouter-replay"
 	cfg.Metadata.AllowAutoTopicCreation = false
-	client, err := sarama.NewClient(r.kafka.brokers, cfg)
+	client, err := sarama.NewClient(r.kafka.Brokers(), cfg)
 	if err != nil {
-		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.kafka.brokers, ","), err)
+		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.kafka.Brokers(), ","), err)
 	}
 	defer client.Close()
 	partitions, err := client.Partitions(r.poison)
@@ -371,13 +372,13 @@ func (r *replayer) run(ctx context.Context) (replayed, skipped int, err error) {
 	// Consumer.MaxWaitTime for records, and on the producer's connections
 	// (one request at a time, for idempotence) each produce and commit
 	// would queue behind one.
-	consumerCfg := r.kafka.saramaConfig()
+	consumerCfg := r.kafka.Config()
 	consumerCfg.ClientID = cfg.ClientID
 	consumerCfg.Metadata.AllowAutoTopicCreation = false
 	consumerCfg.Consumer.Return.Errors = true
-	consumer, err := sarama.NewConsumer(r.kafka.brokers, consumerCfg)
+	consumer, err := sarama.NewConsumer(r.kafka.Brokers(), consumerCfg)
 	if err != nil {
-		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.kafka.brokers, ","), err)
+		return 0, 0, fmt.Errorf("connect to kafka at %s: %w", strings.Join(r.kafka.Brokers(), ","), err)
 	}
 	defer consumer.Close()
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/kafka/broker"
+	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/kafka/consume"
 	"github.com/eventrouter/eventrouter/ledger"
 )
@@ -164,14 +165,14 @@ Exit codes: 0 done (or dry run), 1 refused or failed, 2 bad arguments.
 		return fail(ExitError, "%s", err)
 	}
 	defer stop()
-	access, err := newKafkaAccess(cfg.Kafka, brokers, env.Getenv)
+	access, err := client.New(cfg.Kafka, brokers, env.Getenv)
 	if err != nil {
 		return fail(ExitUsage, "%s", oneLine(err))
 	}
-	if err := access.refusal(ctx); err != nil {
+	if err := access.Refusal(ctx); err != nil {
 		return fail(ExitError, "%s", err)
 	}
-	c := access.saramaConfig()
+	c := access.Config()
 	c.ClientID = cfg.Kafka.ClientID + "-rewind"
 	c.Consumer.Return.Errors = true
 	client, err := sarama.NewClient(brokers, c)

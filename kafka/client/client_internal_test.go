@@ -1,4 +1,4 @@
-package app
+package client
 
 import (
 	"fmt"
@@ -45,9 +45,9 @@ func TestNewKafkaAccessErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := config.Defaults().Kafka
 			cfg.TLS, cfg.SASL = tt.tls, tt.sasl
-			_, err := newKafkaAccess(cfg, []string{"a:1"}, func(k string) string { return tt.vars[k] })
+			_, err := New(cfg, []string{"a:1"}, func(k string) string { return tt.vars[k] })
 			if err == nil || err.Error() != tt.want {
-				t.Errorf("newKafkaAccess = %v; want %q", err, tt.want)
+				t.Errorf("New = %v; want %q", err, tt.want)
 			}
 		})
 	}
@@ -55,11 +55,11 @@ func TestNewKafkaAccessErrors(t *testing.T) {
 	// The password never prints, however the access is formatted.
 	cfg := config.Defaults().Kafka
 	cfg.SASL = config.SASL{Mechanism: config.SASLSCRAMSHA256, Username: "u", PasswordFile: write("pw", password+"\n")}
-	a, err := newKafkaAccess(cfg, []string{"a:1"}, nil)
+	a, err := New(cfg, []string{"a:1"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := a.saramaConfig().Net.SASL.Password; got != password {
+	if got := a.Config().Net.SASL.Password; got != password {
 		t.Errorf("sarama password = %q; want the file's, without the newline", got)
 	}
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
@@ -84,11 +84,11 @@ func TestProtocol(t *testing.T) {
 		cfg := config.Defaults().Kafka
 		cfg.TLS.Enabled = tt.tls
 		cfg.SASL = config.SASL{Mechanism: tt.mechanism, Username: "u", PasswordEnv: "P"}
-		a, err := newKafkaAccess(cfg, nil, func(string) string { return "p" })
+		a, err := New(cfg, nil, func(string) string { return "p" })
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := a.protocol(); got != tt.want {
+		if got := a.Protocol(); got != tt.want {
 			t.Errorf("protocol(tls %v, %q) = %q; want %q", tt.tls, tt.mechanism, got, tt.want)
 		}
 	}

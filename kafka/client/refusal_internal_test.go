@@ -1,4 +1,4 @@
-package app
+package client
 
 import (
 	"context"
@@ -70,11 +70,11 @@ func selfSigned(t *testing.T) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-func scramAccess(t *testing.T, brokers []string, password string) kafkaAccess {
+func scramAccess(t *testing.T, brokers []string, password string) Settings {
 	t.Helper()
 	cfg := config.Defaults().Kafka
 	cfg.SASL = config.SASL{Mechanism: config.SASLSCRAMSHA512, Username: "router", PasswordEnv: "P"}
-	a, err := newKafkaAccess(cfg, brokers, func(string) string { return password })
+	a, err := New(cfg, brokers, func(string) string { return password })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestRefusal(t *testing.T) {
 			// broker ends the check in a second.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			err := scramAccess(t, tt.brokers, tt.password).refusal(ctx)
+			err := scramAccess(t, tt.brokers, tt.password).Refusal(ctx)
 			switch {
 			case tt.want == "" && err != nil:
 				t.Errorf("refusal(%v) = %v; want nil", tt.brokers, err)

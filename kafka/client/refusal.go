@@ -1,4 +1,4 @@
-package app
+package client
 
 import (
 	"bufio"
@@ -18,16 +18,16 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// kafkaRefusal is a broker's refusal of the daemon's connection for a
+// RefusalError is a broker's refusal of the daemon's connection for a
 // reason that trying again cannot fix: credentials, certificates, or a
 // listener that speaks another protocol. It is one line, naming the broker
 // and the setting to change, and holds no secret.
-type kafkaRefusal struct {
+type RefusalError struct {
 	addr string
 	msg  string
 }
 
-func (e *kafkaRefusal) Error() string { return "kafka " + e.addr + ": " + e.msg }
+func (e *RefusalError) Error() string { return "kafka " + e.addr + ": " + e.msg }
 
 // refusalTimeout bounds each step of the check, and refusalBudget the
 // whole of it, so that a refusal is reported in seconds whatever the
@@ -38,19 +38,19 @@ const (
 	refusalBudget  = 12 * time.Second
 )
 
-// refusal connects to every bootstrap broker at once as the clients do,
+// Refusal connects to every bootstrap broker at once as the clients do,
 // TLS and SASL included, and asks each for metadata. It returns nil as
 // soon as one answers, or when none refused for a reason it can name
 // within the budget or before ctx ends (the clients then report what they
 // find, as they always have); otherwise the refusal of the first broker of
 // the list that refused.
-func (a kafkaAccess) refusal(ctx context.Context) error {
+func (a Settings) Refusal(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, refusalBudget)
 	defer cancel()
 	type result struct {
 		i       int
 		ok      bool
-		refusal *kafkaRefusal
+		refusal *RefusalError
 	}
 	// Buffered: a check still under way when this returns ends within
 	// its own timeouts and is dropped.
@@ -65,7 +65,7 @@ func (a kafkaAccess) refusal(ctx context.Context) error {
 			results <- r
 		}()
 	}
-	refusals := make([]*kafkaRefusal, len(a.brokers))
+	refusals := make([]*RefusalError, len(a.brokers))
 	first := func() error {
 		for _, r := range refusals {
 			if r != nil {
@@ -91,8 +91,8 @@ func (a kafkaAccess) refusal(ctx context.Context) error {
 // tryBroker opens one connection to addr, authenticates and asks for the
 // metadata of no topic: a listener that wants SASL closes the connection
 // only at the first request after the handshake.
-func (a kafkaAccess) tryBroker(addr string) error {
-	c := a.saramaConfig()
+func (a Settings) tryBroker(addr string) error {
+	c := a.Config()
 	c.ClientID = a.cfg.ClientID + "-check"
 	c.Net.DialTimeout = min(c.Net.DialTimeout, refusalTimeout)
 	c.Net.ReadTimeout = refusalTimeout
@@ -112,9 +112,9 @@ func (a kafkaAccess) tryBroker(addr string) error {
 // diagnose says why addr refused the connection that failed with err, or
 // returns nil when err is not a refusal (the broker could not be reached,
 // or did not say).
-func (a kafkaAccess) diagnose(addr string, err error) *kafkaRefusal {
-	refuse := func(format string, args ...any) *kafkaRefusal {
-		return &kafkaRefusal{addr: addr, msg: fmt.Sprintf(format, args...)}
+func (a Settings) diagnose(addr string, err error) *RefusalError {
+	refuse := func(format string, args ...any) *RefusalError {
+		return &RefusalError{addr: addr, msg: fmt.Sprintf(format, args...)}
 	}
 	var (
 		hostErr   x509.HostnameError
@@ -184,7 +184,7 @@ func (a kafkaAccess) diagnose(addr string, err error) *kafkaRefusal {
 }
 
 // trustStore names where the client looks for the brokers' CA.
-func (a kafkaAccess) trustStore() string {
+func (a Settings) trustStore() string {
 	if f := a.cfg.TLS.CAFile; f != "" {
 		return "kafka.tls.ca_file (" + f + ")"
 	}

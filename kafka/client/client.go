@@ -1,4 +1,8 @@
-package app
+// Package client makes every Kafka client of the daemon and its commands
+// from one set of settings: TLS, SASL (SCRAM, PLAIN) and the consumer and
+// producer settings, and tells a broker's refusal of them apart from an
+// outage.
+package client
 
 import (
 	"crypto/tls"
@@ -16,10 +20,10 @@ import (
 	"github.com/eventrouter/eventrouter/config"
 )
 
-// kafkaAccess is what every Kafka client of the daemon and its commands is
+// Settings is what every Kafka client of the daemon and its commands is
 // made from: the settings, the brokers, and the TLS and SASL credentials,
 // read once so that each client proves the same identity.
-type kafkaAccess struct {
+type Settings struct {
 	cfg     config.Kafka
 	brokers []string
 	// tls is nil for plaintext connections.
@@ -39,15 +43,15 @@ func (secret) GoString() string { return "[redacted]" }
 
 // Format prints the brokers and the protocol only: fmt prints a struct's
 // unexported fields without their methods, so the password would show.
-func (a kafkaAccess) Format(f fmt.State, _ rune) {
-	fmt.Fprintf(f, "kafka %s (%s)", strings.Join(a.brokers, ","), a.protocol())
+func (a Settings) Format(f fmt.State, _ rune) {
+	fmt.Fprintf(f, "kafka %s (%s)", strings.Join(a.brokers, ","), a.Protocol())
 }
 
-// newKafkaAccess reads the CA, the client certificate and the SASL
+// New reads the CA, the client certificate and the SASL
 // password that cfg names. Its errors name the key and never hold a
 // secret.
-func newKafkaAccess(cfg config.Kafka, brokers []string, getenv func(string) string) (kafkaAccess, error) {
-	a := kafkaAccess{cfg: cfg, brokers: brokers}
+func New(cfg config.Kafka, brokers []string, getenv func(string) string) (Settings, error) {
+	a := Settings{cfg: cfg, brokers: brokers}
 	var errs []error
 	if cfg.TLS.Enabled {
 		t, err := clientTLS(cfg.TLS)
@@ -121,9 +125,9 @@ func clientTLS(c config.KafkaTLS) (*tls.Config, error) {
 	return t, errors.Join(errs...)
 }
 
-// saramaConfig returns the client settings shared by every Kafka client the
+// Config returns the client settings shared by every Kafka client the
 // daemon makes. cfg was validated, so its version parses.
-func (a kafkaAccess) saramaConfig() *sarama.Config {
+func (a Settings) Config() *sarama.Config {
 	cfg := a.cfg
 	c := sarama.NewConfig()
 	c.Version, _ = sarama.ParseKafkaVersion(cfg.Version)
@@ -175,9 +179,9 @@ func (s *scramClient) Step(challenge string) (string, error) { return s.conv.Ste
 
 func (s *scramClient) Done() bool { return s.conv.Done() }
 
-// protocol names the connections as Kafka's security.protocol does, with
+// Protocol names the connections as Kafka's security.protocol does, with
 // the SASL mechanism: "SASL_SSL/SCRAM-SHA-512", "SSL", "PLAINTEXT".
-func (a kafkaAccess) protocol() string {
+func (a Settings) Protocol() string {
 	p := "PLAINTEXT"
 	if a.tls != nil {
 		p = "SSL"
@@ -187,3 +191,63 @@ func (a kafkaAccess) protocol() string {
 	}
 	return p
 }
+
+// Subscriber is Config for a route's consumer group.
+func (a Settings) Subscriber() *sarama.Config {
+	cfg := a.cfg
+	c := a.Config()
+	c.Consumer.Return.Errors = true
+	// As the seed's consumer does: a new group starts at the oldest record,
+	// so events published before the router first started are not lost.
+	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sticky{}}
+	c.Consumer.Group.Session.Timeout = cfg.SessionTimeout
+	c.Consumer.Group.Heartbeat.Interval = cfg.HeartbeatInterval
+	c.Consumer.Group.Rebalance.Timeout = cfg.RebalanceTimeout
+	// The coordinator holds a JoinGroup until every member has rejoined,
+	// and a SyncGroup until the leader has sent the assignment, each up to
+	// the rebalance timeout. sarama has one read timeout for all requests;
+	// were it shorter, members would time out of a slow rebalance, rejoin
+	// and restart it, again and again (IBM/sarama#2820). Kafka's Java
+	// client likewise waits the rebalance timeout plus 5s for a join.
+	c.Net.ReadTimeout = max(cfg.RequestTimeout, cfg.RebalanceTimeout+5*time.Second)
+	return c
+}
+
+// Publisher is Config for the publisher of produced events and
+// poisoned records.
+func (a Settings) Publisher() *sarama.Config {
+	c := a.Config()
+	c.Producer.Return.Successes = true
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	// Idempotence keeps a producer retry from writing a record twice.
+	c.Producer.Idempotent = true
+	c.Net.MaxOpenRequests = 1
+	c.Producer.Retry.Max = 10
+	c.Producer.Retry.Backoff = 250 * time.Millisecond
+	return c
+}
+
+// sticky is sarama's sticky strategy with a new instance for each plan.
+// The instance keeps the plan in progress in its fields, and a subscriber
+// uses one config for the consumer group of each topic it subscribes, so
+// two groups planning at once would share them (a data race). The sticky
+// assignor reads the previous assignment from the members' user data, so
+// a new instance plans the same.
+type sticky struct{}
+
+func (sticky) Name() string { return sarama.StickyBalanceStrategyName }
+
+func (sticky) Plan(members map[string]sarama.ConsumerGroupMemberMetadata, topics map[string][]int32) (sarama.BalanceStrategyPlan, error) {
+	return sarama.NewBalanceStrategySticky().Plan(members, topics)
+}
+
+func (sticky) AssignmentData(memberID string, topics map[string][]int32, generationID int32) ([]byte, error) {
+	return sarama.NewBalanceStrategySticky().AssignmentData(memberID, topics, generationID)
+}
+
+// Brokers returns the bootstrap addresses.
+func (a Settings) Brokers() []string { return a.brokers }
+
+// Kafka returns the kafka section the settings were made from.
+func (a Settings) Kafka() config.Kafka { return a.cfg }

@@ -1,4 +1,4 @@
-package app
+package client
 
 import (
 	"testing"
@@ -19,13 +19,13 @@ func TestSubscriberWaitsOutARebalance(t *testing.T) {
 	for _, tt := range tests {
 		cfg := config.Defaults().Kafka
 		cfg.RequestTimeout, cfg.RebalanceTimeout = tt.request, tt.rebalance
-		if got := (kafkaAccess{cfg: cfg}).subscriberConfig().Net.ReadTimeout; got != tt.want {
+		if got := (Settings{cfg: cfg}).Subscriber().Net.ReadTimeout; got != tt.want {
 			t.Errorf("subscriberConfig(request %s, rebalance %s).Net.ReadTimeout = %s; want %s", tt.request, tt.rebalance, got, tt.want)
 		}
-		if got := (kafkaAccess{cfg: cfg}).publisherConfig().Net.ReadTimeout; got != tt.request {
+		if got := (Settings{cfg: cfg}).Publisher().Net.ReadTimeout; got != tt.request {
 			t.Errorf("publisherConfig(request %s).Net.ReadTimeout = %s; want %s", tt.request, got, tt.request)
 		}
-		if err := (kafkaAccess{cfg: cfg}).subscriberConfig().Validate(); err != nil {
+		if err := (Settings{cfg: cfg}).Subscriber().Validate(); err != nil {
 			t.Errorf("subscriberConfig(request %s, rebalance %s).Validate() = %v; want nil", tt.request, tt.rebalance, err)
 		}
 	}
