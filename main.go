@@ -7,7 +7,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/app/cli"
 )
 
 func main() { os.Exit(run()) }
@@ -15,5 +15,5 @@ func main() { os.Exit(run()) }
 func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return app.Main(ctx, os.Args[1:], app.OSEnv())
+	return cli.Main(ctx, os.Args[1:], cli.OSEnv())
 }

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/app/cli"
 )
 
 // writeCheckConfig writes raw to a file of its own and returns the path.
@@ -28,13 +28,13 @@ func TestConfigCheckArguments(t *testing.T) {
 		code int
 		want string // a part of stdout, or of stderr for a usage error
 	}{
-		{"file as the argument", []string{good}, app.ExitOK, good + ": ok"},
-		{"bad file as the argument", []string{bad}, app.ExitUsage, bad + ": line 10: log.level: must be"},
-		{"file as --config", []string{"--config", good}, app.ExitOK, good + ": ok"},
-		{"both naming one file", []string{"--config", good, good}, app.ExitOK, good + ": ok"},
-		{"flag after the argument", []string{good, "--config", good}, app.ExitOK, good + ": ok"},
-		{"both naming different files", []string{"--config", good, bad}, app.ExitUsage, "name different files"},
-		{"two arguments", []string{good, bad}, app.ExitUsage, "one configuration file at most, got 2"},
+		{"file as the argument", []string{good}, cli.ExitOK, good + ": ok"},
+		{"bad file as the argument", []string{bad}, cli.ExitUsage, bad + ": line 10: log.level: must be"},
+		{"file as --config", []string{"--config", good}, cli.ExitOK, good + ": ok"},
+		{"both naming one file", []string{"--config", good, good}, cli.ExitOK, good + ": ok"},
+		{"flag after the argument", []string{good, "--config", good}, cli.ExitOK, good + ": ok"},
+		{"both naming different files", []string{"--config", good, bad}, cli.ExitUsage, "name different files"},
+		{"two arguments", []string{good, bad}, cli.ExitUsage, "one configuration file at most, got 2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -71,12 +71,12 @@ func TestConfigCheckRejectsWhatRunRejects(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeCheckConfig(t, "c.yaml", tt.yaml)
 			check := runMain(t, "", nil, "config", "check", path)
-			if check.code != app.ExitUsage || !strings.Contains(check.stdout, tt.want) {
-				t.Errorf("config check = %d %q; want %d and %q", check.code, check.stdout, app.ExitUsage, tt.want)
+			if check.code != cli.ExitUsage || !strings.Contains(check.stdout, tt.want) {
+				t.Errorf("config check = %d %q; want %d and %q", check.code, check.stdout, cli.ExitUsage, tt.want)
 			}
 			run := runMain(t, "", nil, "run", "--config", path)
-			if run.code != app.ExitUsage {
-				t.Errorf("run = %d %q; want %d, refused before connecting", run.code, run.stderr, app.ExitUsage)
+			if run.code != cli.ExitUsage {
+				t.Errorf("run = %d %q; want %d, refused before connecting", run.code, run.stderr, cli.ExitUsage)
 			}
 		})
 	}
@@ -107,8 +107,8 @@ notifier:
 		`line 21: notifier.smtp.password_env: environment variable NO_SUCH_PASSWORD is empty`,
 		"5 problem(s)",
 	}
-	if res.code != app.ExitUsage {
-		t.Errorf("config check exited %d; want %d", res.code, app.ExitUsage)
+	if res.code != cli.ExitUsage {
+		t.Errorf("config check exited %d; want %d", res.code, cli.ExitUsage)
 	}
 	lines := strings.Split(strings.TrimSpace(res.stdout), "\n")
 	if len(lines) != len(want) {
@@ -169,12 +169,12 @@ func TestRouteOptionsRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeCheckConfig(t, "c.yaml", tt.yaml)
 			check := runMain(t, "", nil, "config", "check", path)
-			if check.code != app.ExitUsage || !strings.Contains(check.stdout, tt.want) {
-				t.Errorf("config check = %d %q; want %d and %q", check.code, check.stdout, app.ExitUsage, tt.want)
+			if check.code != cli.ExitUsage || !strings.Contains(check.stdout, tt.want) {
+				t.Errorf("config check = %d %q; want %d and %q", check.code, check.stdout, cli.ExitUsage, tt.want)
 			}
 			run := runMain(t, "", nil, "run", "--config", path)
-			if run.code != app.ExitUsage || !strings.Contains(run.stderr, strings.TrimPrefix(tt.want, "line ")) {
-				t.Errorf("run = %d %q; want %d and %q, refused before connecting", run.code, run.stderr, app.ExitUsage, tt.want)
+			if run.code != cli.ExitUsage || !strings.Contains(run.stderr, strings.TrimPrefix(tt.want, "line ")) {
+				t.Errorf("run = %d %q; want %d and %q, refused before connecting", run.code, run.stderr, cli.ExitUsage, tt.want)
 			}
 		})
 	}

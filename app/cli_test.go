@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/app/cli"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
@@ -25,7 +25,7 @@ func runMain(t *testing.T, stdin string, vars map[string]string, args ...string)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	code := app.Main(ctx, args, app.Env{
+	code := cli.Main(ctx, args, cli.Env{
 		Stdin: strings.NewReader(stdin), Stdout: &stdout, Stderr: &stderr,
 		Getenv: func(k string) string { return vars[k] },
 	})
@@ -59,8 +59,8 @@ func TestRunRejectsBadConfigBeforeConnecting(t *testing.T) {
 				t.Fatal(err)
 			}
 			res := runMain(t, "", nil, "run", "--config", path)
-			if res.code != app.ExitUsage {
-				t.Errorf("run with %s exited %d; want %d", tt.name, res.code, app.ExitUsage)
+			if res.code != cli.ExitUsage {
+				t.Errorf("run with %s exited %d; want %d", tt.name, res.code, cli.ExitUsage)
 			}
 			if strings.Count(strings.TrimSpace(res.stderr), "\n") != 0 || !strings.Contains(res.stderr, tt.want) {
 				t.Errorf("run with %s printed %q; want one line containing %q", tt.name, res.stderr, tt.want)
@@ -71,8 +71,8 @@ func TestRunRejectsBadConfigBeforeConnecting(t *testing.T) {
 
 func TestRunMissingConfigFile(t *testing.T) {
 	res := runMain(t, "", nil, "run", "--config", filepath.Join(t.TempDir(), "absent.yaml"))
-	if res.code != app.ExitUsage || !strings.Contains(res.stderr, "absent.yaml") {
-		t.Errorf("run with a missing file = %d %q; want %d and the file named", res.code, res.stderr, app.ExitUsage)
+	if res.code != cli.ExitUsage || !strings.Contains(res.stderr, "absent.yaml") {
+		t.Errorf("run with a missing file = %d %q; want %d and the file named", res.code, res.stderr, cli.ExitUsage)
 	}
 }
 
@@ -82,14 +82,14 @@ func TestRunDeadBrokerFailsClearly(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := runMain(t, "", nil, "run", "--config", path)
-	if res.code != app.ExitError || !strings.Contains(res.stderr, "connect to kafka at 127.0.0.1:1") {
-		t.Errorf("run against a dead broker = %d %q; want %d and the broker named", res.code, res.stderr, app.ExitError)
+	if res.code != cli.ExitError || !strings.Contains(res.stderr, "connect to kafka at 127.0.0.1:1") {
+		t.Errorf("run against a dead broker = %d %q; want %d and the broker named", res.code, res.stderr, cli.ExitError)
 	}
 }
 
 func TestUnknownCommand(t *testing.T) {
-	if res := runMain(t, "", nil, "serve"); res.code != app.ExitUsage || !strings.Contains(res.stderr, `unknown command "serve"`) {
-		t.Errorf("Main(serve) = %d %q; want %d and the command named", res.code, res.stderr, app.ExitUsage)
+	if res := runMain(t, "", nil, "serve"); res.code != cli.ExitUsage || !strings.Contains(res.stderr, `unknown command "serve"`) {
+		t.Errorf("Main(serve) = %d %q; want %d and the command named", res.code, res.stderr, cli.ExitUsage)
 	}
 }
 
@@ -139,8 +139,8 @@ not json
 
 func TestPublishDeadBroker(t *testing.T) {
 	res := runMain(t, "", nil, "publish", "--brokers", "127.0.0.1:1", `{"user_id": 1, "email": "a@b.co"}`)
-	if res.code != app.ExitError || !strings.Contains(res.stderr, "127.0.0.1:1") {
-		t.Errorf("publish to a dead broker = %d %q; want %d and the broker named", res.code, res.stderr, app.ExitError)
+	if res.code != cli.ExitError || !strings.Contains(res.stderr, "127.0.0.1:1") {
+		t.Errorf("publish to a dead broker = %d %q; want %d and the broker named", res.code, res.stderr, cli.ExitError)
 	}
 }
 
@@ -151,7 +151,7 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		t.Run(cmd, func(t *testing.T) {
 			res := runMain(t, "", nil, "help", cmd)
 			for _, want := range []string{"Usage: eventrouter " + cmd, "Environment:", "Exit codes:", "-"} {
-				if res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+				if res.code != cli.ExitOK || !strings.Contains(res.stdout, want) {
 					t.Errorf("help %s = %d %q; want 0 and %q on stdout", cmd, res.code, res.stdout, want)
 				}
 			}
@@ -160,10 +160,10 @@ func TestEveryCommandHasHelp(t *testing.T) {
 			}
 		})
 	}
-	if res := runMain(t, "", nil, "version"); res.code != app.ExitOK || !strings.Contains(res.stdout, runtime.Version()) {
+	if res := runMain(t, "", nil, "version"); res.code != cli.ExitOK || !strings.Contains(res.stdout, runtime.Version()) {
 		t.Errorf("version = %d %q; want 0 and the Go version", res.code, res.stdout)
 	}
-	if res := runMain(t, "", nil, "help", "nope"); res.code != app.ExitUsage || !strings.Contains(res.stderr, `unknown command "nope"`) {
-		t.Errorf("help nope = %d %q; want %d and the unknown command named", res.code, res.stderr, app.ExitUsage)
+	if res := runMain(t, "", nil, "help", "nope"); res.code != cli.ExitUsage || !strings.Contains(res.stderr, `unknown command "nope"`) {
+		t.Errorf("help nope = %d %q; want %d and the unknown command named", res.code, res.stderr, cli.ExitUsage)
 	}
 }

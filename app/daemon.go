@@ -1,6 +1,6 @@
 // Package app is eventrouter's composition root: it wires configuration,
 // the Kafka publisher and subscribers, the router, its middleware and the
-// handlers, and runs the command line.
+// handlers. The command line that runs it is package app/cli.
 package app
 
 import (
@@ -45,6 +45,16 @@ const (
 	PoisonedPartitionKey = "partition_poisoned"
 	PoisonedOffsetKey    = "offset_poisoned"
 )
+
+// ReplayedFromKey is the header a replayed record carries: the poison
+// record it came from, as topic/partition/offset.
+const ReplayedFromKey = "replayed_from"
+
+// ReplayForGroupKey is the header that sends a replayed record to the
+// route that poisoned it: the consumer group of that route. Other routes
+// of the topic skip the record; consumers other than eventrouter can do
+// the same.
+const ReplayForGroupKey = "replay_for_group"
 
 // Options replace parts of what New builds. The zero value builds the
 // daemon as configured.
@@ -140,7 +150,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 	var dsn string
 	if cfg.Ledger.Kind == "postgres" {
 		var err error
-		if dsn, err = readLedgerDSN(cfg.Ledger.Postgres, getenv); err != nil {
+		if dsn, err = ReadLedgerDSN(cfg.Ledger.Postgres, getenv); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -598,9 +608,9 @@ func (d *Daemon) openLedger(ctx context.Context) (sideLedger, error) {
 // database at start.
 const ledgerStartWait = 60 * time.Second
 
-// readLedgerDSN reads the shared ledger's connection string and checks
+// ReadLedgerDSN reads the shared ledger's connection string and checks
 // that it parses, without quoting it: it holds a password.
-func readLedgerDSN(pc config.Postgres, getenv func(string) string) (string, error) {
+func ReadLedgerDSN(pc config.Postgres, getenv func(string) string) (string, error) {
 	dsn, err := config.ReadSecret("ledger.postgres.dsn", pc.DSNEnv, pc.DSNFile, getenv)
 	if err != nil {
 		return "", err

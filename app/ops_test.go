@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/app/cli"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 	"github.com/eventrouter/eventrouter/testkit/pgtest"
@@ -329,8 +330,8 @@ func TestConfigCheckLive(t *testing.T) {
 		if err := os.WriteFile(path, []byte(dead), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if res := runMain(t, "", nil, "config", "check", "--live", "--config", path); res.code != app.ExitError || !strings.Contains(res.stdout, "unreachable") {
-			t.Errorf("config check --live on a dead broker = %d %q; want %d and unreachable", res.code, res.stdout, app.ExitError)
+		if res := runMain(t, "", nil, "config", "check", "--live", "--config", path); res.code != cli.ExitError || !strings.Contains(res.stdout, "unreachable") {
+			t.Errorf("config check --live on a dead broker = %d %q; want %d and unreachable", res.code, res.stdout, cli.ExitError)
 		}
 	})
 }
@@ -353,9 +354,9 @@ func TestConfigCheckLiveLedger(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no schema yet", dsn, app.ExitOK, "ledger postgres: reachable; no schema yet"},
-		{"unreachable", dead, app.ExitError, "ledger postgres: unreachable"},
-		{"not a DSN", "postgres://a b:c", app.ExitUsage, "ledger.postgres.dsn: does not parse"},
+		{"no schema yet", dsn, cli.ExitOK, "ledger postgres: reachable; no schema yet"},
+		{"unreachable", dead, cli.ExitError, "ledger postgres: unreachable"},
+		{"not a DSN", "postgres://a b:c", cli.ExitUsage, "ledger.postgres.dsn: does not parse"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -375,7 +376,7 @@ func TestConfigCheckLiveLedger(t *testing.T) {
 	}
 	l.Close()
 	res := runMain(t, "", map[string]string{"LEDGER_DSN": dsn}, "config", "check", "--live", "--config", path)
-	if want := "schema version 1, current"; res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+	if want := "schema version 1, current"; res.code != cli.ExitOK || !strings.Contains(res.stdout, want) {
 		t.Errorf("config check --live = %d %q; want 0 and %q", res.code, res.stdout, want)
 	}
 }

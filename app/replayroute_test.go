@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/app/cli"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/retry"
@@ -79,10 +80,10 @@ routes:
 			t.Fatal(err)
 		}
 		res := runMain(t, "", nil, "replay", "--config", path, "--dry-run", in+".welcome.poison")
-		if res.code != app.ExitOK || !strings.Contains(res.stdout, "(route welcome,") {
+		if res.code != cli.ExitOK || !strings.Contains(res.stdout, "(route welcome,") {
 			t.Errorf("replay --dry-run = %d %q; want 0 and the route named", res.code, res.stdout)
 		}
-		if res := runMain(t, "", nil, "replay", "--config", path, in+".welcome.poison"); res.code != app.ExitOK {
+		if res := runMain(t, "", nil, "replay", "--config", path, in+".welcome.poison"); res.code != cli.ExitOK {
 			t.Fatalf("replay = %d %q %q", res.code, res.stdout, res.stderr)
 		}
 		waitFor(t, consumeTimeout, "welcome to handle the replayed record", func() bool {

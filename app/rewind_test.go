@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/app/cli"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/kafka/record"
@@ -156,12 +157,12 @@ func TestRewindByTime(t *testing.T) {
 		// While the daemon runs: the dry run prints the plan, and the
 		// rewind is refused, naming the member.
 		res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second, "--dry-run")
-		if res.code != app.ExitOK || !strings.Contains(res.stdout, "total") || !strings.Contains(res.stdout, "live member") {
+		if res.code != cli.ExitOK || !strings.Contains(res.stdout, "total") || !strings.Contains(res.stdout, "live member") {
 			t.Errorf("rewind --dry-run with the daemon running = %d %q %q; want 0, the plan and the live member", res.code, res.stdout, res.stderr)
 		}
 		res = runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second, "--yes")
-		if res.code != app.ExitError || !strings.Contains(res.stderr, "live member") || !strings.Contains(res.stderr, config.Defaults().Kafka.ClientID) {
-			t.Errorf("rewind with the daemon running = %d %q; want %d and the live member named", res.code, res.stderr, app.ExitError)
+		if res.code != cli.ExitError || !strings.Contains(res.stderr, "live member") || !strings.Contains(res.stderr, config.Defaults().Kafka.ClientID) {
+			t.Errorf("rewind with the daemon running = %d %q; want %d and the live member named", res.code, res.stderr, cli.ExitError)
 		}
 		if err := d.stop(); err != nil {
 			t.Fatal(err)
@@ -174,7 +175,7 @@ func TestRewindByTime(t *testing.T) {
 		before := []int64{committed(t, k.Brokers, r.group, r.in, 0), committed(t, k.Brokers, r.group, r.in, 1)}
 		res = runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second, "--dry-run")
 		wantTotal := fmt.Sprintf("total  %d", 2*perBatch)
-		if res.code != app.ExitOK || !strings.Contains(strings.Join(strings.Fields(res.stdout), "  "), strings.Join(strings.Fields(wantTotal), "  ")) {
+		if res.code != cli.ExitOK || !strings.Contains(strings.Join(strings.Fields(res.stdout), "  "), strings.Join(strings.Fields(wantTotal), "  ")) {
 			t.Errorf("rewind --dry-run = %d %q %q; want 0 and %q", res.code, res.stdout, res.stderr, wantTotal)
 		}
 		after := []int64{committed(t, k.Brokers, r.group, r.in, 0), committed(t, k.Brokers, r.group, r.in, 1)}
@@ -182,11 +183,11 @@ func TestRewindByTime(t *testing.T) {
 			t.Errorf("committed offsets after a dry run = %v; want them unchanged, %v", after, before)
 		}
 		// Without --yes and no answer: nothing changes.
-		if res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second); res.code != app.ExitError {
-			t.Errorf("rewind without --yes or an answer = %d; want %d", res.code, app.ExitError)
+		if res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-time", second); res.code != cli.ExitError {
+			t.Errorf("rewind without --yes or an answer = %d; want %d", res.code, cli.ExitError)
 		}
 		res = runMain(t, "y\n", nil, "rewind", "welcome", "--config", path, "--to-time", second)
-		if res.code != app.ExitOK {
+		if res.code != cli.ExitOK {
 			t.Fatalf("rewind = %d %q %q; want 0", res.code, res.stdout, res.stderr)
 		}
 		for p := range int32(2) {
@@ -234,13 +235,13 @@ func TestRewindByTime(t *testing.T) {
 		if err := d2.stop(); err != nil {
 			t.Fatal(err)
 		}
-		if res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--by-duration", "30m", "--dry-run"); res.code != app.ExitOK ||
+		if res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--by-duration", "30m", "--dry-run"); res.code != cli.ExitOK ||
 			!strings.Contains(res.stdout, "to the first record at or after") {
 			t.Errorf("rewind --by-duration 30m --dry-run = %d %q %q; want 0 and the plan", res.code, res.stdout, res.stderr)
 		}
 		fresh := produceAt(t, k.Brokers, r.in, 0, time.Now(), []kafkatest.Record{event(users, userEmail(users))})[0]
 		res = runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-offset", fmt.Sprint(fresh+1), "--partition", "0", "--allow-forward", "--yes")
-		if res.code != app.ExitOK || !strings.Contains(res.stdout, "forward: 1 skipped") {
+		if res.code != cli.ExitOK || !strings.Contains(res.stdout, "forward: 1 skipped") {
 			t.Errorf("rewind --allow-forward = %d %q %q; want 0 and 1 record skipped", res.code, res.stdout, res.stderr)
 		}
 		if got := committed(t, k.Brokers, r.group, r.in, 0); got != fresh+1 {
@@ -278,8 +279,8 @@ func TestRewindArguments(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			res := runMain(t, "", nil, append([]string{"rewind", "--config", path}, tt.args...)...)
-			if res.code != app.ExitUsage || !strings.Contains(res.stderr, tt.want) {
-				t.Errorf("rewind %v = %d %q; want %d and %q", tt.args, res.code, res.stderr, app.ExitUsage, tt.want)
+			if res.code != cli.ExitUsage || !strings.Contains(res.stderr, tt.want) {
+				t.Errorf("rewind %v = %d %q; want %d and %q", tt.args, res.code, res.stderr, cli.ExitUsage, tt.want)
 			}
 		})
 	}
@@ -316,24 +317,24 @@ func TestForgetResendsExactlyThoseEmails(t *testing.T) {
 
 		since := cut.Format(time.RFC3339Nano)
 		res := runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome", "--since", since, "--dry-run")
-		if res.code != app.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("%d entries of template welcome sent since", half)) ||
+		if res.code != cli.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("%d entries of template welcome sent since", half)) ||
 			!strings.Contains(res.stdout, "nothing changed") || strings.Contains(res.stdout, "@example.com") {
 			t.Fatalf("ledger forget --dry-run = %d %q %q; want 0, %d entries listed by user ID, nothing changed", res.code, res.stdout, res.stderr, half)
 		}
-		if res := runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome"); res.code != app.ExitUsage ||
+		if res := runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome"); res.code != cli.ExitUsage ||
 			!strings.Contains(res.stderr, "never takes every entry") {
-			t.Errorf("ledger forget without --since or --user = %d %q; want %d and a refusal", res.code, res.stderr, app.ExitUsage)
+			t.Errorf("ledger forget without --since or --user = %d %q; want %d and a refusal", res.code, res.stderr, cli.ExitUsage)
 		}
 		res = runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome", "--user", "3", "--dry-run")
-		if res.code != app.ExitOK || !strings.Contains(res.stdout, "1 entries of template welcome for user(s) 3") || !strings.Contains(res.stdout, "  user 3  sent ") {
+		if res.code != cli.ExitOK || !strings.Contains(res.stdout, "1 entries of template welcome for user(s) 3") || !strings.Contains(res.stdout, "  user 3  sent ") {
 			t.Errorf("ledger forget --user 3 --dry-run = %d %q %q; want 0 and user 3 listed", res.code, res.stdout, res.stderr)
 		}
 		res = runMain(t, "", vars, "ledger", "forget", "--config", path, "--template", "welcome", "--since", since, "--yes")
-		if res.code != app.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("forgot %d entries", half)) {
+		if res.code != cli.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("forgot %d entries", half)) {
 			t.Fatalf("ledger forget = %d %q %q; want 0 and forgot %d", res.code, res.stdout, res.stderr, half)
 		}
 		res = runMain(t, "", vars, "rewind", "welcome", "--config", path, "--to-earliest", "--yes")
-		if res.code != app.ExitOK {
+		if res.code != cli.ExitOK {
 			t.Fatalf("rewind = %d %q %q; want 0", res.code, res.stdout, res.stderr)
 		}
 
@@ -379,18 +380,18 @@ func TestRewindForgetLedger(t *testing.T) {
 		}
 		args := []string{"rewind", "welcome", "--config", path, "--to-offset", fmt.Sprint(from), "--partition", "0", "--forget-ledger"}
 		res := runMain(t, "", nil, append(args, "--dry-run")...)
-		if want := fmt.Sprintf("%d ledger entries were caused by these records", users-from); res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+		if want := fmt.Sprintf("%d ledger entries were caused by these records", users-from); res.code != cli.ExitOK || !strings.Contains(res.stdout, want) {
 			t.Fatalf("rewind --forget-ledger --dry-run = %d %q %q; want 0 and %q", res.code, res.stdout, res.stderr, want)
 		}
 		res = runMain(t, "", nil, append(args, "--yes")...)
-		if want := fmt.Sprintf("forgot %d ledger entries", users-from); res.code != app.ExitOK || !strings.Contains(res.stdout, want) {
+		if want := fmt.Sprintf("forgot %d ledger entries", users-from); res.code != cli.ExitOK || !strings.Contains(res.stdout, want) {
 			t.Fatalf("rewind --forget-ledger = %d %q %q; want 0 and %q", res.code, res.stdout, res.stderr, want)
 		}
 		// Forward from the rewound offset: refused without --allow-forward.
 		fwd := []string{"rewind", "welcome", "--config", path, "--to-offset", fmt.Sprint(from + 3), "--partition", "0"}
-		if res := runMain(t, "", nil, append(fwd, "--yes")...); res.code != app.ExitError || !strings.Contains(res.stderr, "--allow-forward") ||
+		if res := runMain(t, "", nil, append(fwd, "--yes")...); res.code != cli.ExitError || !strings.Contains(res.stderr, "--allow-forward") ||
 			!strings.Contains(res.stdout, "forward: 3 skipped") {
-			t.Errorf("rewind forward = %d %q %q; want %d, the forward partition shown and --allow-forward asked for", res.code, res.stdout, res.stderr, app.ExitError)
+			t.Errorf("rewind forward = %d %q %q; want %d, the forward partition shown and --allow-forward asked for", res.code, res.stdout, res.stderr, cli.ExitError)
 		}
 		if got := committed(t, k.Brokers, r.group, r.in, 0); got != from {
 			t.Errorf("committed %d after a refused forward move; want %d", got, from)
@@ -447,7 +448,7 @@ func TestRewindOnTheEmbeddedBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := runMain(t, "", nil, "rewind", "welcome", "--config", path, "--to-earliest", "--yes")
-	if res.code != app.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("handles %d record(s) again", users)) {
+	if res.code != cli.ExitOK || !strings.Contains(res.stdout, fmt.Sprintf("handles %d record(s) again", users)) {
 		t.Fatalf("rewind on the stopped embedded broker = %d %q %q; want 0 and %d records again", res.code, res.stdout, res.stderr, users)
 	}
 	startDaemon(t, cfg, app.Options{Notifier: notifier, Registry: seen.registry()})

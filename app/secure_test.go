@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/app/cli"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
@@ -149,17 +149,17 @@ func TestSecuredClusterSeedFlow(t *testing.T) {
 			path := secureConfig(t, tt.addr, tt.keys, r)
 
 			check := runMain(t, "", vars, "config", "check", "--live", path)
-			if check.code != app.ExitOK || !strings.Contains(check.stdout, "reachable (1 broker(s), "+tt.security+")") {
+			if check.code != cli.ExitOK || !strings.Contains(check.stdout, "reachable (1 broker(s), "+tt.security+")") {
 				t.Errorf("config check --live = %d\n%s%s\nwant 0 and the broker reachable over %s", check.code, check.stdout, check.stderr, tt.security)
 			}
 
 			d := startProcess(t, bin, path, []string{tt.addr}, passwordEnv+"="+s.Password)
 			pub := runMain(t, "not json\n", vars, "publish", "--config", path, "--topic", r.in, `{"user_id": 7, "email": "seven@example.com", "name": "Seven"}`)
-			if pub.code != app.ExitOK {
+			if pub.code != cli.ExitOK {
 				t.Fatalf("publish over %s exited %d: %s", tt.name, pub.code, pub.stderr)
 			}
 			bad := runMain(t, "not json\n", vars, "publish", "--config", path, "--topic", r.in, "--key-field", "")
-			if bad.code != app.ExitOK {
+			if bad.code != cli.ExitOK {
 				t.Fatalf("publish of a bad record over %s exited %d: %s", tt.name, bad.code, bad.stderr)
 			}
 			waitFor(t, consumeTimeout, "notification-sent and the poisoned record", func() bool {
@@ -182,19 +182,19 @@ func TestSecuredClusterSeedFlow(t *testing.T) {
 			if code, ready := get(t, "http://"+ops[1]+"/readyz", false); code != http.StatusOK || !strings.Contains(ready, `"kafka":"ok"`) {
 				t.Errorf("/readyz = %d %s; want 200 with kafka ok", code, ready)
 			}
-			if code := stopCode(t, d); code != app.ExitOK {
+			if code := stopCode(t, d); code != cli.ExitOK {
 				t.Errorf("eventrouter run exited %d after SIGTERM; want 0\n%s", code, d.logs)
 			}
 			assertNoSecret(t, "the daemon's log (debug level)", d.logs.String(), hidden)
 
 			// Replay and rewind, with the daemon stopped.
 			replay := runMain(t, "", vars, "replay", "--config", path, "--dry-run", r.poison)
-			if replay.code != app.ExitOK || !strings.Contains(replay.stdout, "would replay 1") {
+			if replay.code != cli.ExitOK || !strings.Contains(replay.stdout, "would replay 1") {
 				t.Errorf("replay --dry-run over %s = %d %q %q; want 0 and one record", tt.security, replay.code, replay.stdout, replay.stderr)
 			}
 			waitFor(t, consumeTimeout, "the group to be empty", func() bool { return groupEmpty(t, plain, r.group) })
 			rewind := runMain(t, "", vars, "rewind", "welcome", "--config", path, "--to-earliest", "--yes")
-			if rewind.code != app.ExitOK {
+			if rewind.code != cli.ExitOK {
 				t.Errorf("rewind over %s = %d %q %q; want 0", tt.security, rewind.code, rewind.stdout, rewind.stderr)
 			}
 			if got := committed(t, plain, r.group, r.in, 0); got != 0 {
@@ -256,7 +256,7 @@ func TestSecuredClusterRefusals(t *testing.T) {
 			code := exitCode(t, d, 15*time.Second)
 			took := time.Since(start)
 			out := d.logs.String()
-			if code == app.ExitOK {
+			if code == cli.ExitOK {
 				t.Errorf("eventrouter run exited 0; want non-zero\n%s", out)
 			}
 			m := logged.FindStringSubmatch(out)
@@ -267,8 +267,8 @@ func TestSecuredClusterRefusals(t *testing.T) {
 
 			check := runMain(t, "", tt.vars, "config", "check", "--live", path)
 			lines := strings.Split(strings.TrimSpace(check.stdout), "\n")
-			if check.code != app.ExitError || len(lines) != 2 || !strings.HasPrefix(lines[1], tt.want) {
-				t.Errorf("config check --live = %d\n%s\nwant %d and a second line starting %q", check.code, check.stdout, app.ExitError, tt.want)
+			if check.code != cli.ExitError || len(lines) != 2 || !strings.HasPrefix(lines[1], tt.want) {
+				t.Errorf("config check --live = %d\n%s\nwant %d and a second line starting %q", check.code, check.stdout, cli.ExitError, tt.want)
 			}
 			assertNoSecret(t, "the daemon's log (debug level)", out, hidden)
 			assertNoSecret(t, "config check --live", check.stdout+check.stderr, hidden)
@@ -286,8 +286,8 @@ func TestInsecureSkipVerify(t *testing.T) {
 
 	refused := runMain(t, "", map[string]string{passwordEnv: s.Password}, "run", "--config", path)
 	want := "kafka.tls.insecure_skip_verify: accepts any broker certificate"
-	if refused.code != app.ExitUsage || !strings.Contains(refused.stderr, want) {
-		t.Errorf("run with insecure_skip_verify = %d %q; want %d and %q", refused.code, refused.stderr, app.ExitUsage, want)
+	if refused.code != cli.ExitUsage || !strings.Contains(refused.stderr, want) {
+		t.Errorf("run with insecure_skip_verify = %d %q; want %d and %q", refused.code, refused.stderr, cli.ExitUsage, want)
 	}
 
 	d := startProcess(t, buildBinary(t), path, []string{s.SASLSSL}, passwordEnv+"="+s.Password, "EVENTROUTER_ALLOW_INSECURE=1")
@@ -295,7 +295,7 @@ func TestInsecureSkipVerify(t *testing.T) {
 	if warn := "level=WARN msg=\"kafka.tls.insecure_skip_verify is on"; !strings.Contains(d.logs.String(), warn) {
 		t.Errorf("daemon log lacks %q:\n%s", warn, d.logs)
 	}
-	if code := stopCode(t, d); code != app.ExitOK {
+	if code := stopCode(t, d); code != cli.ExitOK {
 		t.Errorf("eventrouter run exited %d; want 0\n%s", code, d.logs)
 	}
 }
@@ -314,8 +314,8 @@ func TestCommandsRefused(t *testing.T) {
 		{"rewind", "welcome", "--config", path, "--to-earliest", "--yes"},
 	} {
 		res := runMain(t, "", wrong, args...)
-		if res.code != app.ExitError || !strings.Contains(res.stderr, want) || strings.Count(strings.TrimSpace(res.stderr), "\n") != 0 {
-			t.Errorf("%s with a wrong password = %d %q; want %d and one line with %q", args[0], res.code, res.stderr, app.ExitError, want)
+		if res.code != cli.ExitError || !strings.Contains(res.stderr, want) || strings.Count(strings.TrimSpace(res.stderr), "\n") != 0 {
+			t.Errorf("%s with a wrong password = %d %q; want %d and one line with %q", args[0], res.code, res.stderr, cli.ExitError, want)
 		}
 		assertNoSecret(t, args[0], res.stdout+res.stderr, []string{s.Password, "not-the-password-0123456789"})
 	}

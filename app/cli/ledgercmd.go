@@ -1,4 +1,4 @@
-package app
+package cli
 
 import (
 	"bufio"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/ledger"
@@ -188,7 +189,7 @@ func openLedgerForCommand(ctx context.Context, cfg config.Config, getenv func(st
 		}
 		return l, nil
 	}
-	dsn, err := readLedgerDSN(cfg.Ledger.Postgres, getenv)
+	dsn, err := app.ReadLedgerDSN(cfg.Ledger.Postgres, getenv)
 	if err != nil {
 		return nil, err
 	}

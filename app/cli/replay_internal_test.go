@@ -1,4 +1,4 @@
-package app
+package cli
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
+	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
@@ -136,7 +137,7 @@ func TestReplayPlan(t *testing.T) {
 	poisoned := []*sarama.RecordHeader{
 		header("origin", "form"), header(middleware.PoisonedTopicKey, "in"), header(middleware.ReasonForPoisonedKey, "template bug"),
 		header(middleware.PoisonedHandlerKey, "h"), header(middleware.PoisonedSubscriberKey, "s"),
-		header(PoisonedPartitionKey, "0"), header(PoisonedOffsetKey, "3"),
+		header(app.PoisonedPartitionKey, "0"), header(app.PoisonedOffsetKey, "3"),
 	}
 	tests := []struct {
 		name           string
@@ -146,10 +147,10 @@ func TestReplayPlan(t *testing.T) {
 		filtered       bool
 		wantHeaderKeys []string
 	}{
-		{name: "as the daemon poisons", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", ReplayedFromKey}},
-		{name: "reason matches", reason: "template", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", ReplayedFromKey}},
+		{name: "as the daemon poisons", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", app.ReplayedFromKey}},
+		{name: "reason matches", reason: "template", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", app.ReplayedFromKey}},
 		{name: "reason does not match", reason: "smtp", headers: poisoned, skip: "reason does not contain --reason", filtered: true},
-		{name: "to overrides the header", to: "in-b", headers: poisoned, target: "in-b", wantHeaderKeys: []string{"origin", ReplayedFromKey}},
+		{name: "to overrides the header", to: "in-b", headers: poisoned, target: "in-b", wantHeaderKeys: []string{"origin", app.ReplayedFromKey}},
 		{name: "unrouted topic", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "payments")},
 			skip: `topic_poisoned "payments" is not the subscribe topic of a route with poison topic in.poison`},
 		{name: "the poison topic itself", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "in.poison")},
@@ -159,15 +160,15 @@ func TestReplayPlan(t *testing.T) {
 		{name: "conflicting topics", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "in"), header(middleware.PoisonedTopicKey, "payments")},
 			skip: "conflicting topic_poisoned headers"},
 		{name: "conflicting topics under --to", to: "in", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "in"), header(middleware.PoisonedTopicKey, "payments")},
-			target: "in", wantHeaderKeys: []string{ReplayedFromKey}},
+			target: "in", wantHeaderKeys: []string{app.ReplayedFromKey}},
 		{name: "repeated topic", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "in"), header(middleware.PoisonedTopicKey, "in")},
-			target: "in", wantHeaderKeys: []string{ReplayedFromKey}},
+			target: "in", wantHeaderKeys: []string{app.ReplayedFromKey}},
 		{name: "conflicting reasons under --reason", reason: "bug", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "in"),
 			header(middleware.ReasonForPoisonedKey, "bug"), header(middleware.ReasonForPoisonedKey, "other")}, skip: "conflicting reason_poisoned headers"},
-		{name: "poisoned again after a replay", headers: []*sarama.RecordHeader{header(ReplayedFromKey, "in.poison/0/1"), nil, header(middleware.PoisonedTopicKey, "in"), header(ReplayedFromKey, "x")},
-			target: "in", wantHeaderKeys: []string{ReplayedFromKey}},
+		{name: "poisoned again after a replay", headers: []*sarama.RecordHeader{header(app.ReplayedFromKey, "in.poison/0/1"), nil, header(middleware.PoisonedTopicKey, "in"), header(app.ReplayedFromKey, "x")},
+			target: "in", wantHeaderKeys: []string{app.ReplayedFromKey}},
 		{name: "nil headers", headers: []*sarama.RecordHeader{nil, {Key: []byte(middleware.PoisonedTopicKey), Value: []byte("in")}, {Key: nil, Value: nil}},
-			target: "in", wantHeaderKeys: []string{"", ReplayedFromKey}},
+			target: "in", wantHeaderKeys: []string{"", app.ReplayedFromKey}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -243,7 +244,7 @@ func FuzzReplayHeaders(f *testing.F) {
 		}
 		kept, froms := 0, 0
 		for _, h := range headers {
-			if h != nil && !poisonHeaders[string(h.Key)] && string(h.Key) != ReplayedFromKey {
+			if h != nil && !poisonHeaders[string(h.Key)] && string(h.Key) != app.ReplayedFromKey {
 				kept++
 			}
 		}
@@ -251,7 +252,7 @@ func FuzzReplayHeaders(f *testing.F) {
 			if poisonHeaders[string(h.Key)] {
 				t.Fatalf("replayed headers hold poison header %q", h.Key)
 			}
-			if string(h.Key) == ReplayedFromKey {
+			if string(h.Key) == app.ReplayedFromKey {
 				froms++
 				if string(h.Value) != from {
 					t.Fatalf("replayed_from = %q; want %q", h.Value, from)
@@ -337,8 +338,8 @@ func poisoned(in string, n int) []*sarama.ProducerMessage {
 				{Key: []byte("origin"), Value: []byte("signup-form")},
 				{Key: []byte(middleware.PoisonedTopicKey), Value: []byte(in)},
 				{Key: []byte(middleware.ReasonForPoisonedKey), Value: []byte("template bug")},
-				{Key: []byte(PoisonedPartitionKey), Value: []byte("0")},
-				{Key: []byte(PoisonedOffsetKey), Value: []byte(strconv.Itoa(i))},
+				{Key: []byte(app.PoisonedPartitionKey), Value: []byte("0")},
+				{Key: []byte(app.PoisonedOffsetKey), Value: []byte(strconv.Itoa(i))},
 			},
 		})
 	}
@@ -382,7 +383,7 @@ func sources(t *testing.T, brokers []string, topic string, want int) map[string]
 		t.Fatalf("read %d records of %s; want %d", len(recs), topic, want)
 	}
 	for _, m := range recs {
-		from, _ := kafkatest.Header(m, ReplayedFromKey)
+		from, _ := kafkatest.Header(m, app.ReplayedFromKey)
 		out[from]++
 	}
 	return out

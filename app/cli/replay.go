@@ -1,4 +1,4 @@
-package app
+package cli
 
 import (
 	"context"
@@ -16,20 +16,11 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
+	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/kafka/record"
 )
-
-// ReplayedFromKey is the header a replayed record carries: the poison
-// record it came from, as topic/partition/offset.
-const ReplayedFromKey = "replayed_from"
-
-// ReplayForGroupKey is the header that sends a replayed record to the
-// route that poisoned it: the consumer group of that route. Other routes
-// of the topic skip the record; consumers other than eventrouter can do
-// the same.
-const ReplayForGroupKey = "replay_for_group"
 
 // Replay commits its progress after replayCommitEvery records or, when
 // records come slowly, once replayCommitInterval has passed, whichever is
@@ -50,8 +41,8 @@ var poisonHeaders = map[string]bool{
 	middleware.PoisonedTopicKey:      true,
 	middleware.PoisonedHandlerKey:    true,
 	middleware.PoisonedSubscriberKey: true,
-	PoisonedPartitionKey:             true,
-	PoisonedOffsetKey:                true,
+	app.PoisonedPartitionKey:         true,
+	app.PoisonedOffsetKey:            true,
 }
 
 // replayCommand sends poisoned records back to the topic they failed on,
@@ -234,10 +225,10 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 			continue
 		}
 		switch key := string(h.Key); {
-		case key == PoisonedPartitionKey:
+		case key == app.PoisonedPartitionKey:
 			partition = string(h.Value)
 			continue
-		case key == PoisonedOffsetKey:
+		case key == app.PoisonedOffsetKey:
 			offset = string(h.Value)
 			continue
 		case key == record.OriginalKey:
@@ -252,10 +243,10 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 			reasons = appendNew(reasons, string(h.Value))
 		case key == middleware.PoisonedHandlerKey:
 			handlers = appendNew(handlers, string(h.Value))
-		case key == ReplayForGroupKey:
+		case key == app.ReplayForGroupKey:
 			// This replay says who it is for.
 		case poisonHeaders[key]:
-		case key == ReplayedFromKey:
+		case key == app.ReplayedFromKey:
 			// A record poisoned again after a replay: it names the older
 			// source, and replayed_from is this replay's to set.
 		default:
@@ -292,7 +283,7 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 		return p
 	}
 	p.target = target
-	p.headers = append(kept, sarama.RecordHeader{Key: []byte(ReplayedFromKey), Value: []byte(from)})
+	p.headers = append(kept, sarama.RecordHeader{Key: []byte(app.ReplayedFromKey), Value: []byte(from)})
 	if !original && len(topics) == 1 && partition != "" && offset != "" {
 		// The record's stable identity (handlers.Record.ID), so that a
 		// receiver which dedupes on it knows the event again.
@@ -305,7 +296,7 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 	if len(handlers) == 1 {
 		if rg, ok := rules.groups[handlers[0]]; ok && rg.topic == target {
 			p.route = handlers[0]
-			p.headers = append(p.headers, sarama.RecordHeader{Key: []byte(ReplayForGroupKey), Value: []byte(rg.group)})
+			p.headers = append(p.headers, sarama.RecordHeader{Key: []byte(app.ReplayForGroupKey), Value: []byte(rg.group)})
 		}
 	}
 	return p

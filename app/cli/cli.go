@@ -1,4 +1,7 @@
-package app
+// Package cli is the eventrouter command line: run starts the daemon that
+// package app wires; publish, replay, rewind, ledger forget and config
+// check are the operators' tools around it.
+package cli
 
 import (
 	"context"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/msglog"
 )
@@ -161,7 +165,7 @@ Exit codes: 0 stopped cleanly, 1 stopped on an error, 2 bad configuration.
 	if cfg.Log.Level == "debug" {
 		bridgeSaramaLog(logger)
 	}
-	d, err := New(cfg, logger, Options{Getenv: env.Getenv})
+	d, err := app.New(cfg, logger, app.Options{Getenv: env.Getenv})
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter: %s\n", oneLine(err))
 		return ExitUsage

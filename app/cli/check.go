@@ -1,4 +1,4 @@
-package app
+package cli
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/ledger"
@@ -67,9 +68,12 @@ Exit codes: 0 valid (and reachable), 1 unreachable, 2 problems found.
 	// where the daemon checks them; New makes no connection. Its checks
 	// do not depend on each other, so they run on a config with problems
 	// too; what they say about a key already reported is left out.
-	d, err := New(cfg, discardLogger(), Options{Getenv: env.Getenv})
-	if err != nil {
-		problems = config.Add(problems, splitJoined(err)...)
+	d, err := app.New(cfg, discardLogger(), app.Options{Getenv: env.Getenv})
+	if err == nil {
+		// The handlers New built are not run.
+		d.Close()
+	} else {
+		problems = config.Add(problems, config.SplitErrors(err)...)
 		config.Locate(raw, problems)
 		config.Sort(problems)
 	}
@@ -88,10 +92,13 @@ Exit codes: 0 valid (and reachable), 1 unreachable, 2 problems found.
 	if cfg.Kafka.Embedded.Enabled {
 		fmt.Fprintf(env.Stdout, "kafka: embedded broker on %s; it starts with the daemon, so there is nothing to reach yet\n", cfg.Kafka.Embedded.Listen)
 	} else {
-		ok = liveCheck(ctx, d.kafka, cfg, env.Stdout)
+		// New read the same credentials without an error.
+		access, _ := client.New(cfg.Kafka, cfg.Brokers(), env.Getenv)
+		ok = liveCheck(ctx, access, cfg, env.Stdout)
 	}
-	if cfg.Ledger.Kind == "postgres" && d != nil {
-		ok = ledgerCheck(ctx, d.ledgerDSN, env.Stdout) && ok
+	if cfg.Ledger.Kind == "postgres" {
+		dsn, _ := app.ReadLedgerDSN(cfg.Ledger.Postgres, env.Getenv)
+		ok = ledgerCheck(ctx, dsn, env.Stdout) && ok
 	}
 	if !ok {
 		return ExitError
@@ -154,15 +161,6 @@ func describeBrokers(cfg config.Config) string {
 		return "embedded on " + cfg.Kafka.Embedded.Listen
 	}
 	return strings.Join(cfg.Kafka.Brokers, ",")
-}
-
-// splitJoined undoes errors.Join, so each problem prints on its own line.
-func splitJoined(err error) []error {
-	var joined interface{ Unwrap() []error }
-	if errors.As(err, &joined) {
-		return joined.Unwrap()
-	}
-	return []error{err}
 }
 
 // liveCheck reports, per route, whether the brokers answer and whether its
