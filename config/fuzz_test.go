@@ -47,6 +47,8 @@ func FuzzCheck(f *testing.F) {
 		{"a: &a {level: info}\nb: &b {format: json}\nlog:\n  <<: [*a, *b]\n  <<: *a\n", ""},
 		{"? [a]\n: 1\n!!binary a2Fma2E=: {}\n", ""},
 		{"log:\n  level: info\n  level: debug\n~: 1\n", ""},
+		{"routes:\n  - handler: webhook\n    subscribe_topic: t\n    consumer_group: g\n    start_from: ${V}\n    options:\n      url: ${V}\n      headers: {a: b, a: c}\n      x: [1, {y: 2}]\n", "latest"},
+		{"routes:\n  - handler: audit\n    subscribe_topic: t\n    consumer_group: g\n    options: ${V}\n", "[1]"},
 		{"routes:\n  - handler: n\n    subscribe_topic: t\n    consumer_group: g\n  - handler: m\n    subscribe_topic: t\n    consumer_group: h\n", ""},
 	} {
 		f.Add([]byte(seed.raw), seed.value)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -279,6 +280,69 @@ func TestRegistryBuildsEveryHandler(t *testing.T) {
 			s.Env["AUDIT_DSN"] = "postgres://audit@127.0.0.1:1/audit"
 			if h := handlertest.Build(t, handlers.Registry()[name], options[name], s); h == nil {
 				t.Errorf("Registry()[%q].New() = nil; want a handler", name)
+			}
+		})
+	}
+}
+
+// scripted is a notifier that fails with errs in order, then delivers.
+type scripted struct {
+	errs []error
+	sent int
+}
+
+func (s *scripted) Channel() string { return "scripted" }
+
+func (s *scripted) Send(ctx context.Context, _ notify.Message) error {
+	if len(s.errs) > 0 {
+		err := s.errs[0]
+		s.errs = s.errs[1:]
+		return err
+	}
+	retry.Reached(ctx, notify.Dependency)
+	s.sent++
+	return nil
+}
+
+func TestNotificationThroughTheChain(t *testing.T) {
+	good := `{"user_id": 123, "email": "test@example.com"}`
+	down := retry.Unavailable(notify.Dependency, errors.New("connection refused"))
+	tests := []struct {
+		name, payload string
+		errs          []error
+		// want
+		acked, poisoned           bool
+		attempts, retries, pauses int
+		sent                      int
+		reason                    string
+	}{
+		{name: "delivered", payload: good, acked: true, attempts: 1, sent: 1},
+		{name: "not JSON", payload: `hello`, acked: true, poisoned: true, attempts: 1, reason: "not a JSON object"},
+		{name: "no user", payload: `{"email": "test@example.com"}`, acked: true, poisoned: true, attempts: 1, reason: "user_id"},
+		{name: "transient then delivered", payload: good, errs: []error{errors.New("451 try later"), errors.New("451 try later")},
+			acked: true, attempts: 3, retries: 2, sent: 1},
+		{name: "recipient refused", payload: good, errs: []error{retry.Permanent(errors.New("550 no such user"))},
+			acked: true, poisoned: true, attempts: 1, reason: "550 no such user"},
+		{name: "server down", payload: good, errs: []error{down, down, down}, attempts: 3, pauses: 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &scripted{errs: tt.errs}
+			s := handlertest.NewServices(t)
+			s.Notify = n
+			h := handlertest.Build(t, handlers.Registry()["notification"], "", s)
+			res := handlertest.Run(t, h, handlertest.Message(tt.payload, handlertest.At("user-registered", 0, 9), handlertest.Key("123")))
+			if res.Acked != tt.acked || res.Poisoned != tt.poisoned || res.Attempts != tt.attempts ||
+				res.Retries != tt.retries || res.Pauses != tt.pauses || n.sent != tt.sent {
+				t.Fatalf("got acked %v, poisoned %v, %d attempts, %d retries, %d pauses, %d sent (err %v); want %v, %v, %d, %d, %d, %d",
+					res.Acked, res.Poisoned, res.Attempts, res.Retries, res.Pauses, n.sent, res.Err,
+					tt.acked, tt.poisoned, tt.attempts, tt.retries, tt.pauses, tt.sent)
+			}
+			if !strings.Contains(res.Reason, tt.reason) {
+				t.Errorf("got reason %q; want %q in it", res.Reason, tt.reason)
+			}
+			if tt.sent == 1 && len(res.Out) != 1 {
+				t.Errorf("got %d notification-sent; want 1", len(res.Out))
 			}
 		})
 	}

@@ -283,13 +283,13 @@ func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) repla
 		return p
 	}
 	p.target = target
-	p.headers = append(kept, sarama.RecordHeader{Key: []byte(app.ReplayedFromKey), Value: []byte(from)})
 	if !original && len(topics) == 1 && partition != "" && offset != "" {
 		// The record's stable identity (handlers.Record.ID), so that a
 		// receiver which dedupes on it knows the event again.
-		p.headers = append(p.headers, sarama.RecordHeader{Key: []byte(record.OriginalKey),
+		kept = append(kept, sarama.RecordHeader{Key: []byte(record.OriginalKey),
 			Value: []byte(topics[0] + "/" + partition + "/" + offset)})
 	}
+	p.headers = append(kept, sarama.RecordHeader{Key: []byte(app.ReplayedFromKey), Value: []byte(from)})
 	// Back to the route that poisoned it alone, when the record names one
 	// route of the target topic; otherwise every route of the topic sees
 	// it, as any consumer would.

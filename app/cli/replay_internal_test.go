@@ -18,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
 
@@ -147,10 +148,12 @@ func TestReplayPlan(t *testing.T) {
 		filtered       bool
 		wantHeaderKeys []string
 	}{
-		{name: "as the daemon poisons", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", app.ReplayedFromKey}},
-		{name: "reason matches", reason: "template", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", app.ReplayedFromKey}},
+		{name: "as the daemon poisons", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", record.OriginalKey, app.ReplayedFromKey}},
+		{name: "reason matches", reason: "template", headers: poisoned, target: "in", wantHeaderKeys: []string{"origin", record.OriginalKey, app.ReplayedFromKey}},
 		{name: "reason does not match", reason: "smtp", headers: poisoned, skip: "reason does not contain --reason", filtered: true},
-		{name: "to overrides the header", to: "in-b", headers: poisoned, target: "in-b", wantHeaderKeys: []string{"origin", app.ReplayedFromKey}},
+		{name: "to overrides the header", to: "in-b", headers: poisoned, target: "in-b", wantHeaderKeys: []string{"origin", record.OriginalKey, app.ReplayedFromKey}},
+		{name: "poisoned again keeps the first record's identity", headers: append([]*sarama.RecordHeader{header(record.OriginalKey, "in/1/1")}, poisoned...),
+			target: "in", wantHeaderKeys: []string{record.OriginalKey, "origin", app.ReplayedFromKey}},
 		{name: "unrouted topic", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "payments")},
 			skip: `topic_poisoned "payments" is not the subscribe topic of a route with poison topic in.poison`},
 		{name: "the poison topic itself", headers: []*sarama.RecordHeader{header(middleware.PoisonedTopicKey, "in.poison")},
@@ -183,6 +186,11 @@ func TestReplayPlan(t *testing.T) {
 			}
 			if !slices.Equal(keys, tt.wantHeaderKeys) {
 				t.Errorf("plan() headers = %q; want %q", keys, tt.wantHeaderKeys)
+			}
+			for _, h := range p.headers {
+				if string(h.Key) == record.OriginalKey && string(h.Value) != "in/0/3" && string(h.Value) != "in/1/1" {
+					t.Errorf("%s = %q; want the first poisoned record", record.OriginalKey, h.Value)
+				}
 			}
 			if p.skip == "" && string(p.headers[len(p.headers)-1].Value) != "in.poison/0/9" {
 				t.Errorf("replayed_from = %q; want in.poison/0/9", p.headers[len(p.headers)-1].Value)
@@ -242,12 +250,22 @@ func FuzzReplayHeaders(f *testing.F) {
 		if reason != "" && !strings.Contains(p.reason, reason) {
 			t.Fatalf("replayed reason %q; want one containing --reason %q", p.reason, reason)
 		}
-		kept, froms := 0, 0
+		kept, froms, originals := 0, 0, 0
 		for _, h := range headers {
 			if h != nil && !poisonHeaders[string(h.Key)] && string(h.Key) != app.ReplayedFromKey {
 				kept++
 			}
+			if h != nil && string(h.Key) == record.OriginalKey {
+				originals++
+			}
 		}
+		for _, h := range p.headers {
+			if string(h.Key) == record.OriginalKey {
+				originals--
+			}
+		}
+		// The first replay of a record adds its identity.
+		kept -= originals
 		for _, h := range p.headers {
 			if poisonHeaders[string(h.Key)] {
 				t.Fatalf("replayed headers hold poison header %q", h.Key)
