@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/eventrouter/eventrouter/config"
@@ -149,6 +150,9 @@ type Webhook struct {
 	template *template.Template
 	secret   []byte
 	opts     WebhookOptions
+	// answers counts the receiver's answers by status code, and requests
+	// that got none as "none"; nil counts nothing.
+	answers *prometheus.CounterVec
 }
 
 func newWebhook(o WebhookOptions, s Services) (Handler, error) {
@@ -156,7 +160,18 @@ func newWebhook(o WebhookOptions, s Services) (Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewWebhook(o, []byte(secret))
+	h, err := NewWebhook(o, []byte(secret))
+	if err != nil {
+		return nil, err
+	}
+	h.answers, err = RegisterCounter(s.Metrics(), prometheus.CounterOpts{
+		Name: "eventrouter_webhook_responses_total",
+		Help: "Webhook requests by the receiver's status code; code \"none\" for requests that got no answer.",
+	}, "code")
+	if err != nil {
+		return nil, fmt.Errorf("webhook metrics: %w", err)
+	}
+	return h, nil
 }
 
 // NewWebhook returns the webhook handler for valid options o, signing with
@@ -228,8 +243,10 @@ func (h *Webhook) Handle(msg *message.Message) ([]*message.Message, error) {
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {
+		h.count("none")
 		return nil, h.failed(msg.Context(), err)
 	}
+	h.count(strconv.Itoa(resp.StatusCode))
 	defer resp.Body.Close()
 	// The receiver answered: it is up, whatever it said.
 	retry.Reached(msg.Context(), WebhookDependency)
@@ -248,6 +265,12 @@ func (h *Webhook) Handle(msg *message.Message) ([]*message.Message, error) {
 		return nil, refused
 	}
 	return nil, retry.Permanent(refused)
+}
+
+func (h *Webhook) count(code string) {
+	if h.answers != nil {
+		h.answers.WithLabelValues(code).Inc()
+	}
 }
 
 // failed classifies a request that got no answer: a receiver that cannot

@@ -110,6 +110,32 @@ func TestWebhookDeliversSigned(t *testing.T) {
 			t.Errorf("request %d: got Idempotency-Key %q; want user-registered/2/41", i, got)
 		}
 	}
+	if got := counted(t, s, "eventrouter_webhook_responses_total", "code", "200"); got != 3 {
+		t.Errorf("got eventrouter_webhook_responses_total{code=\"200\"} %v; want 3", got)
+	}
+}
+
+// counted returns the value of the counter name whose label is value in
+// the handler's metrics.
+func counted(t *testing.T, s *handlertest.Services, name, label, value string) float64 {
+	t.Helper()
+	families, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 func TestWebhookUnsignedTemplate(t *testing.T) {
