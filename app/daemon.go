@@ -48,7 +48,7 @@ const (
 
 // ReplayedFromKey is the header a replayed record carries: the poison
 // record it came from, as topic/partition/offset.
-const ReplayedFromKey = "replayed_from"
+const ReplayedFromKey = record.ReplayedFromKey
 
 // ReplayForGroupKey is the header that sends a replayed record to the
 // route that poisoned it: the consumer group of that route. Other routes

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
+
 	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 	"github.com/eventrouter/eventrouter/testkit/mailtest"
@@ -237,13 +239,28 @@ func TestStartFromLatest(t *testing.T) {
 			t.Fatalf("stop: %v", err)
 		}
 		produceEvents(t, k.Brokers, r.in, old+fresh, old+fresh+whileDown)
-		startDaemon(t, cfg, app.Options{Notifier: sent})
+		d = startDaemon(t, cfg, app.Options{Notifier: sent})
 		waitFor(t, time.Minute, "the notifications of events published while down", func() bool {
 			return len(sent.Sent()) >= fresh+whileDown
 		})
-		// The last events' notification-sent shows that they went through;
-		// none of the old ones may have.
-		waitFor(t, time.Minute, "every notification-sent", func() bool { return count(t, k.Brokers, r.out) >= fresh+whileDown })
+		if err := d.stop(); err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+
+		// A partition added once the group has handled records starts at
+		// its oldest record: what was written to it before the group
+		// claimed it is not skipped.
+		const added = 20
+		from := old + fresh + whileDown
+		addPartition(t, k.Brokers, r.in, int32(len(end))+1)
+		produceEvents(t, k.Brokers, r.in, from, from+added)
+		if n := kafkatest.EndOffsets(t, k.Brokers, r.in)[int32(len(end))]; n == 0 {
+			t.Fatalf("no event landed on the added partition %d", len(end))
+		}
+		startDaemon(t, cfg, app.Options{Notifier: sent})
+		want := fresh + whileDown + added
+		waitFor(t, time.Minute, "the notifications of events on the added partition", func() bool { return len(sent.Sent()) >= want })
+		waitFor(t, time.Minute, "every notification-sent", func() bool { return count(t, k.Brokers, r.out) >= int64(want) })
 		users := map[string]bool{}
 		for _, m := range sent.Sent() {
 			users[m.UserID.String()] = true
@@ -252,8 +269,24 @@ func TestStartFromLatest(t *testing.T) {
 				t.Errorf("got a notification for user %s, published before the route first started", m.UserID)
 			}
 		}
-		if len(users) != fresh+whileDown {
-			t.Errorf("got notifications for %d users; want %d", len(users), fresh+whileDown)
+		if len(users) != want {
+			t.Errorf("got notifications for %d users; want %d", len(users), want)
 		}
+	})
+}
+
+// addPartition grows topic to partitions partitions.
+func addPartition(t *testing.T, brokers []string, topic string, partitions int32) {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin(brokers, kafkatest.Config())
+	if err != nil {
+		t.Fatalf("connect admin to %v: %v", brokers, err)
+	}
+	defer admin.Close()
+	if err := admin.CreatePartitions(topic, partitions, nil, false); err != nil {
+		t.Fatalf("grow %s to %d partitions: %v", topic, partitions, err)
+	}
+	waitFor(t, 30*time.Second, "the new partition's leader", func() bool {
+		return len(kafkatest.EndOffsets(t, brokers, topic)) == int(partitions)
 	})
 }

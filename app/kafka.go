@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -37,14 +36,13 @@ func newSubscriber(a client.Settings, r config.Route, logger *slog.Logger) (*con
 	if err != nil {
 		return nil, fmt.Errorf("route %s: %w", r.Name, err)
 	}
-	sc := a.Subscriber()
-	if r.StartFrom == "latest" {
-		sc.Consumer.Offsets.Initial = sarama.OffsetNewest
-	}
+	// start_from: latest is the subscriber's marks alone: sarama's
+	// Offsets.Initial also says where a group whose commit fell out of
+	// retention resumes, and that must stay the oldest record.
 	sub, err := consume.NewSubscriber(consume.Config{
 		Brokers:       a.Brokers(),
 		ConsumerGroup: r.ConsumerGroup,
-		Sarama:        sc,
+		Sarama:        a.Subscriber(),
 		StartAtNewest: r.StartFrom == "latest",
 		Unmarshaler:   record.Marshaler{},
 		Ordering:      ordering,

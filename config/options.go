@@ -73,9 +73,16 @@ func (r Route) OptionErrors(i int, err error) []error {
 			errs[j] = &KeyError{Key: path, Line: n.Line, Msg: err.Error()}
 			continue
 		}
+		rel := ke.Key
 		ke = &KeyError{Key: join(path, ke.Key), Line: ke.Line, Msg: ke.Msg}
+		line, value := lineUnder(n, rel)
 		if ke.Line == 0 {
-			ke.Line = lineUnder(n, strings.TrimPrefix(strings.TrimPrefix(ke.Key, path), "."))
+			ke.Line = line
+		}
+		// A handler's message may quote the value; one that came from the
+		// environment may be a secret, so the reference shows instead.
+		if ref, ok := r.expanded[value]; ok && value.Value != "" {
+			ke.Msg = strings.ReplaceAll(ke.Msg, value.Value, ref)
 		}
 		errs[j] = ke
 	}
@@ -88,31 +95,41 @@ func (r Route) HasOptions() bool {
 }
 
 // lineUnder returns the line of key (a.b or a[2]) under n, or of the
-// nearest parent n has, or n's own line.
-func lineUnder(n *yaml.Node, key string) int {
+// nearest parent n has, or n's own line, and the key's value node (nil
+// when n has no such key).
+func lineUnder(n *yaml.Node, key string) (int, *yaml.Node) {
 	line := n.Line
+	var value *yaml.Node
 	for key != "" && n != nil {
-		var seg string
-		seg, key, _ = strings.Cut(key, ".")
-		name, index, indexed := strings.Cut(seg, "[")
+		// The longest key of the mapping that key starts with: a map's
+		// keys, such as header names, may hold dots themselves.
 		var next *yaml.Node
+		best := -1
 		if n.Kind == yaml.MappingNode {
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				if n.Content[i].Value == name {
-					line, next = n.Content[i].Line, n.Content[i+1]
-					break
+				k := n.Content[i].Value
+				if (key == k || strings.HasPrefix(key, k+".") || strings.HasPrefix(key, k+"[")) && len(k) > best {
+					best, line, next = len(k), n.Content[i].Line, n.Content[i+1]
 				}
 			}
 		}
-		if indexed && next != nil && next.Kind == yaml.SequenceNode {
-			if k, err := strconv.Atoi(strings.TrimSuffix(index, "]")); err == nil && k >= 0 && k < len(next.Content) {
-				next = next.Content[k]
-				line = next.Line
-			}
+		if next == nil {
+			return line, nil
 		}
-		n = next
+		key = strings.TrimPrefix(key[best:], ".")
+		for strings.HasPrefix(key, "[") {
+			end := strings.Index(key, "]")
+			k, err := strconv.Atoi(key[1:max(end, 1)])
+			if end < 0 || err != nil || next.Kind != yaml.SequenceNode || k < 0 || k >= len(next.Content) {
+				return line, nil
+			}
+			next = next.Content[k]
+			line = next.Line
+			key = strings.TrimPrefix(key[end+1:], ".")
+		}
+		n, value = next, next
 	}
-	return line
+	return line, value
 }
 
 // SplitErrors returns the errors that err joins (errors.Join), flattened,

@@ -26,6 +26,9 @@ func (o hookOptions) Validate() error {
 	if v, ok := o.Headers["X-Bad"]; ok {
 		errs = append(errs, &config.KeyError{Key: "headers.X-Bad", Msg: "refused " + v})
 	}
+	if _, ok := o.Headers["X.Dot"]; ok {
+		errs = append(errs, &config.KeyError{Key: "headers.X.Dot", Msg: "refused"})
+	}
 	if o.Timeout > time.Minute {
 		errs = append(errs, errors.New("timeout too long"))
 	}
@@ -78,6 +81,10 @@ func TestDecodeOptions(t *testing.T) {
 		{name: "validation with lines", options: "      timeout: 2m\n      headers:\n        X-Bad: v\n",
 			want: []string{"config: line 8: routes[0].options.url: is missing", "config: line 10: routes[0].options.headers.X-Bad: refused v",
 				"config: line 8: routes[0].options: timeout too long"}},
+		{name: "a handler's message quotes no value from the environment", options: "      url: x\n      headers:\n        X-Bad: ${HOOK_URL}\n",
+			want: []string{"config: line 10: routes[0].options.headers.X-Bad: refused ${HOOK_URL}"}},
+		{name: "a key with a dot has its own line", options: "      url: x\n      headers:\n        A: b\n        X.Dot: c\n",
+			want: []string{"config: line 11: routes[0].options.headers.X.Dot: refused"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
@@ -170,12 +171,17 @@ func (a *Audit) Handle(msg *message.Message) ([]*message.Message, error) {
 		headers[strings.ReplaceAll(k, "\x00", "")] = strings.ReplaceAll(v, "\x00", "")
 	}
 	row.headers, _ = json.Marshal(headers)
-	if json.Valid(msg.Payload) && !bytes.Contains(msg.Payload, []byte(`\u0000`)) {
+	if utf8.Valid(msg.Payload) && json.Valid(msg.Payload) && !bytes.Contains(msg.Payload, []byte(`\u0000`)) {
 		row.payload = msg.Payload
 	} else {
 		row.raw = msg.Payload
 	}
 	if _, err := a.batch.Do(row); err != nil {
+		if errors.Is(err, groupcommit.ErrClosed) {
+			// The daemon is stopping: the record is not acked, and comes
+			// again after the restart.
+			return nil, fmt.Errorf("%w: audit handler closed: %w", context.Canceled, err)
+		}
 		return nil, err
 	}
 	retry.Reached(msg.Context(), AuditDependency)
@@ -195,14 +201,26 @@ func (a *Audit) write(rows []auditRow) ([]struct{}, []error, error) {
 		return nil, nil, a.fail(err)
 	}
 	err := a.insert(ctx, rows)
-	if err == nil || !dataError(err) || len(rows) == 1 {
+	if err == nil || !dataError(err) {
 		return make([]struct{}, len(rows)), make([]error, len(rows)), a.fail(err)
 	}
 	errs := make([]error, len(rows))
 	for i := range rows {
-		errs[i] = a.fail(a.insert(ctx, rows[i:i+1]))
+		errs[i] = a.fail(a.insertAlone(ctx, rows[i]))
 	}
 	return make([]struct{}, len(rows)), errs, nil
+}
+
+// insertAlone inserts one row; when the server refuses its JSON payload
+// (text jsonb cannot hold, such as a lone surrogate escape), it keeps the
+// payload as bytes instead, so that the record is audited all the same.
+func (a *Audit) insertAlone(ctx context.Context, row auditRow) error {
+	err := a.insert(ctx, []auditRow{row})
+	if err == nil || !dataError(err) || row.payload == nil {
+		return err
+	}
+	row.raw, row.payload = row.payload, nil
+	return a.insert(ctx, []auditRow{row})
 }
 
 func (a *Audit) insert(ctx context.Context, rows []auditRow) error {
@@ -229,6 +247,16 @@ func (a *Audit) ensureTable(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.ready {
+		return nil
+	}
+	// A table made beforehand needs no CREATE privilege on its schema,
+	// which a role that may only INSERT lacks.
+	var exists bool
+	if err := a.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", a.table).Scan(&exists); err != nil {
+		return fmt.Errorf("look up table %s: %w", a.table, err)
+	}
+	if exists {
+		a.ready = true
 		return nil
 	}
 	_, err := a.pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +79,8 @@ func TestAuditPayloadsAndRefusedRows(t *testing.T) {
 		{"json", `{"user_id": 1}`, false, 1, 0},
 		{"not json", `hello, world`, false, 0, 1},
 		{"json with NUL escape kept as bytes", `{"a": "\u0000"}`, false, 0, 1},
-		{"json PostgreSQL refuses", `{"a": "\ud800"}`, true, 0, 0},
+		{"json jsonb refuses kept as bytes", `{"a": "\ud800"}`, false, 0, 1},
+		{"json of invalid UTF-8 kept as bytes", "{\"a\": \"\xff\"}", false, 0, 1},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,5 +133,69 @@ func TestAuditOptionsRefused(t *testing.T) {
 				t.Errorf("got %v; want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestAuditBatchWithRefusedRows writes good records and records whose JSON
+// jsonb refuses at once, so that they share batches: every record gets
+// its row, the refused ones with their payload as bytes.
+func TestAuditBatchWithRefusedRows(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	h := audit(t, dsn, "max_connections: 1\nmax_batch: 64")
+	const records = 200
+	var wg sync.WaitGroup
+	results := make([]handlertest.Result, records)
+	for i := range records {
+		payload := fmt.Sprintf(`{"user_id": %d}`, i)
+		if i%10 == 0 {
+			payload = fmt.Sprintf(`{"user_id": %d, "name": "\ud800"}`, i)
+		}
+		wg.Go(func() {
+			results[i] = handlertest.Run(t, h, handlertest.Message(payload, handlertest.At("mixed", 0, int64(i))))
+		})
+	}
+	wg.Wait()
+	for i, res := range results {
+		if !res.Acked || res.Poisoned {
+			t.Errorf("record %d: got %+v; want it written", i, res)
+		}
+	}
+	if got := pgtest.QueryInt(t, dsn, "SELECT count(*) FROM eventrouter_audit WHERE payload IS NOT NULL"); got != records*9/10 {
+		t.Errorf("got %d rows with a JSON payload; want %d", got, records*9/10)
+	}
+	if got := pgtest.QueryInt(t, dsn, "SELECT count(*) FROM eventrouter_audit WHERE payload_raw IS NOT NULL"); got != records/10 {
+		t.Errorf("got %d rows with a raw payload; want %d", got, records/10)
+	}
+}
+
+// TestAuditInsertOnlyRole writes to a table made beforehand, as a role that
+// may insert into it (and read it, which ON CONFLICT needs) but not create tables.
+func TestAuditInsertOnlyRole(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	// A first handler, as the owner, makes the table.
+	owner := audit(t, dsn, "table: owned_audit")
+	if res := handlertest.Run(t, owner, handlertest.Message(`{}`, handlertest.At("t", 0, 0))); !res.Acked || res.Poisoned {
+		t.Fatalf("got %+v; want the owner's record written", res)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := u.Query().Get("search_path")
+	role := "inserter_" + schema
+	pgtest.Exec(t, dsn, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD 'pw'", role))
+	t.Cleanup(func() {
+		pgtest.Exec(t, dsn, fmt.Sprintf("DROP OWNED BY %s", role))
+		pgtest.Exec(t, dsn, fmt.Sprintf("DROP ROLE %s", role))
+	})
+	pgtest.Exec(t, dsn, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", schema, role))
+	pgtest.Exec(t, dsn, fmt.Sprintf("GRANT INSERT, SELECT ON %s.owned_audit TO %s", schema, role))
+	u.User = url.UserPassword(role, "pw")
+	h := audit(t, u.String(), "table: owned_audit")
+	if res := handlertest.Run(t, h, handlertest.Message(`{}`, handlertest.At("t", 0, 1))); !res.Acked || res.Poisoned || res.Pauses != 0 {
+		t.Fatalf("got %+v; want the record written by the insert-only role", res)
+	}
+	if got := pgtest.QueryInt(t, dsn, "SELECT count(*) FROM owned_audit"); got != 2 {
+		t.Errorf("got %d rows; want 2", got)
 	}
 }

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -37,7 +38,11 @@ func RecordOf(msg *message.Message) Record {
 		return Record{ID: msg.UUID}
 	}
 	r := Record{Topic: o.Topic, Partition: o.Partition, Offset: o.Offset, Key: o.Key, Timestamp: o.Timestamp, ID: o.ID(), Replayed: o.Replayed}
-	if first := msg.Metadata.Get(record.OriginalKey); first != "" {
+	// Only `eventrouter replay` writes both headers, and only onto the
+	// topic the record was first consumed from; a producer that copies
+	// headers along cannot make two events share an identity.
+	first := msg.Metadata.Get(record.OriginalKey)
+	if first != "" && msg.Metadata.Get(record.ReplayedFromKey) != "" && strings.HasPrefix(first, o.Topic+"/") {
 		r.ID, r.Replayed = first, true
 	}
 	return r

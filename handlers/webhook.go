@@ -5,14 +5,17 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -98,8 +101,17 @@ func (o WebhookOptions) Validate() error {
 	case u.User != nil:
 		add("url", "holds credentials, which would show in logs; send them in a header from the environment instead")
 	}
-	for name, value := range o.Headers {
+	seen := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(o.Headers)) {
+		value := o.Headers[name]
+		canonical := http.CanonicalHeaderKey(name)
+		other, twice := seen[canonical]
+		seen[canonical] = name
 		switch {
+		case twice:
+			add("headers."+name, "is the header %s again (header names ignore case)", other)
+		case value == "":
+			add("headers."+name, "is empty; remove it, or give it a value")
 		case !httpguts.ValidHeaderFieldName(name):
 			add("headers."+name, "is not a valid HTTP header name")
 		case reservedHeaders[http.CanonicalHeaderKey(name)]:
@@ -199,20 +211,22 @@ func NewWebhook(o WebhookOptions, secret []byte) (*Webhook, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 	}
+	// The options may set their own User-Agent.
+	h.headers.Set("User-Agent", "eventrouter")
 	for k, v := range o.Headers {
 		h.headers.Set(k, v)
 	}
 	h.headers.Set("Content-Type", o.ContentType)
-	h.headers.Set("User-Agent", "eventrouter")
 	if o.Template != "" {
 		h.template, _ = parseBody(o.Template)
 	}
 	return h, nil
 }
 
-// redactURL shows scheme, host and path only: the query may hold a token.
+// redactURL shows scheme and host only: the path and the query may hold
+// a token (Slack's and Teams' webhook URLs do).
 func redactURL(u *url.URL) string {
-	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 }
 
 // Close closes the idle connections.
@@ -259,7 +273,10 @@ func (h *Webhook) Handle(msg *message.Message) ([]*message.Message, error) {
 	}
 	refused := fmt.Errorf("webhook %s answered %s%s", h.shown, resp.Status, showExcerpt(excerpt))
 	switch {
-	case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable:
+	case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable ||
+		code == http.StatusBadGateway || code == http.StatusGatewayTimeout:
+		// The receiver is overloaded, or the proxy in front of it cannot
+		// reach it: the route waits, as for a receiver that is down.
 		return nil, retry.UnavailableFor(WebhookDependency, retryAfter(resp.Header.Get("Retry-After"), time.Now()), refused)
 	case code >= 500 || code == http.StatusRequestTimeout:
 		return nil, refused
@@ -283,9 +300,21 @@ func (h *Webhook) failed(ctx context.Context, err error) error {
 	}
 	var opErr *net.OpError
 	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) || errors.As(err, &opErr) && opErr.Op == "dial" {
+	var certErr *tls.CertificateVerificationError
+	var alert tls.AlertError
+	var recordErr tls.RecordHeaderError
+	switch {
+	case errors.As(err, &dnsErr), errors.As(err, &opErr) && (opErr.Op == "dial" || opErr.Op == "proxyconnect"):
+		// Nothing answers at the address.
+		return retry.Unavailable(WebhookDependency, err)
+	case errors.As(err, &certErr), errors.As(err, &alert), errors.As(err, &recordErr):
+		// The TLS handshake failed: a certificate or a setting to fix on
+		// one side, not in the event. The route waits for it.
 		return retry.Unavailable(WebhookDependency, err)
 	}
+	// A timeout or a connection dropped mid-request is retried, then
+	// poisoned: pausing the route for it would let one request that always
+	// times out hold every other record back.
 	return err
 }
 

@@ -101,17 +101,25 @@ func TestWebhookDeliversSigned(t *testing.T) {
 		t.Errorf("got %s %s; want POST /hooks/users?token=abc", r.Method, r.URL)
 	}
 
-	// A redelivery and a replay from the poison topic carry the same key.
+	// A redelivery and a replay from the poison topic carry the same key;
+	// a producer copying the header along does not make another event the
+	// same one.
+	handlertest.Run(t, h, handlertest.Message(payload, handlertest.At("user-registered", 3, 7),
+		handlertest.Header("original_record", "user-registered/2/41")))
+	if got := rc.reqs[1].Header.Get("Idempotency-Key"); got != "user-registered/3/7" {
+		t.Errorf("got Idempotency-Key %q for a record with a copied original_record header; want its own user-registered/3/7", got)
+	}
+	rc.reqs = rc.reqs[:1]
 	handlertest.Run(t, h, handlertest.Message(payload, handlertest.At("user-registered", 2, 41)))
 	handlertest.Run(t, h, handlertest.Message(payload, handlertest.At("user-registered", 0, 900),
-		handlertest.Header("original_record", "user-registered/2/41")))
+		handlertest.Header("original_record", "user-registered/2/41"), handlertest.Header("replayed_from", "user-registered.poison/0/3")))
 	for i, r := range rc.reqs {
 		if got := r.Header.Get("Idempotency-Key"); got != "user-registered/2/41" {
 			t.Errorf("request %d: got Idempotency-Key %q; want user-registered/2/41", i, got)
 		}
 	}
-	if got := counted(t, s, "eventrouter_webhook_responses_total", "code", "200"); got != 3 {
-		t.Errorf("got eventrouter_webhook_responses_total{code=\"200\"} %v; want 3", got)
+	if got := counted(t, s, "eventrouter_webhook_responses_total", "code", "200"); got != 4 {
+		t.Errorf("got eventrouter_webhook_responses_total{code=\"200\"} %v; want 4", got)
 	}
 }
 
@@ -173,7 +181,8 @@ func TestWebhookAnswers(t *testing.T) {
 			acked: true, attempts: 2, pauses: 1, minGap: time.Second},
 		{name: "429 with Retry-After pauses for it", statuses: []int{429}, headers: []http.Header{retryAfter},
 			acked: true, attempts: 2, pauses: 1, minGap: time.Second},
-		{name: "500 is retried", statuses: []int{500, 502}, acked: true, attempts: 3, retries: 2},
+		{name: "500 is retried", statuses: []int{500, 500}, acked: true, attempts: 3, retries: 2},
+		{name: "502 and 504 from a proxy pause", statuses: []int{502, 504}, acked: true, attempts: 3, pauses: 2},
 		{name: "5xx until retries run out poisons", statuses: []int{500, 500, 500, 500}, acked: true, poisoned: true,
 			attempts: 4, retries: 3, reason: "500 Internal Server Error"},
 		{name: "4xx poisons at once with status and excerpt", statuses: []int{422}, acked: true, poisoned: true,
@@ -239,6 +248,21 @@ func TestWebhookReceiverDown(t *testing.T) {
 	}
 }
 
+func TestWebhookTLSFailurePauses(t *testing.T) {
+	// A receiver whose certificate the handler does not trust.
+	rc := &receiver{}
+	srv := httptest.NewTLSServer(rc)
+	defer srv.Close()
+	h := webhook(t, "url: "+srv.URL+"/secret-path-token", handlertest.NewServices(t))
+	res := handlertest.Run(t, h, handlertest.Message(`{"user_id": 7}`))
+	if res.Acked || res.Poisoned || res.Pauses != 3 || rc.count() != 0 {
+		t.Fatalf("got %+v, %d requests; want the route paused, nothing acked or poisoned", res, rc.count())
+	}
+	if !strings.Contains(res.Err.Error(), "certificate") || strings.Contains(res.Err.Error(), "secret-path-token") {
+		t.Errorf("got error %q; want the certificate named and the URL's path left out", res.Err)
+	}
+}
+
 func TestWebhookOptionsRefused(t *testing.T) {
 	tests := []struct{ name, options, want string }{
 		{"no url", "timeout: 1s", "routes[0].options.url: is missing"},
@@ -251,6 +275,8 @@ func TestWebhookOptionsRefused(t *testing.T) {
 		{"bad header value", "url: http://x\nheaders:\n  X-A: \"a\\nb\"", "routes[0].options.headers.X-A: has a value that is not a valid HTTP header value"},
 		{"both secrets", "url: http://x\nsecret_env: A\nsecret_file: /f", "line 2: routes[0].options.secret_env: and secret_file are both set"},
 		{"missing secret", "url: http://x\nsecret_env: NOT_SET_ANYWHERE", "routes[0].options.secret_env: environment variable NOT_SET_ANYWHERE is empty"},
+		{"header twice", "url: http://x\nheaders:\n  X-Token: a\n  x-token: b", "routes[0].options.headers.x-token: is the header X-Token again"},
+		{"empty header", "url: http://x\nheaders:\n  X-Token: \"\"", "line 3: routes[0].options.headers.X-Token: is empty"},
 		{"bad template", "url: http://x\ntemplate: '{{.Payload'", "line 2: routes[0].options.template"},
 		{"not a mapping", "- url", "routes[0].options: must be a mapping"},
 	}

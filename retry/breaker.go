@@ -44,6 +44,12 @@ type Breaker struct {
 	dep       string
 	wait      time.Duration
 	openUntil time.Time
+	// notBefore is when a dependency that said how long to leave it alone
+	// (UnavailableError.After) may be tried again. Unlike openUntil, a
+	// resume does not end it: an attempt that was already under way when
+	// the dependency asked for the pause may succeed, and the next ones
+	// must still wait.
+	notBefore time.Time
 }
 
 // Paused reports whether the route is waiting for a dependency, and the
@@ -123,7 +129,11 @@ func (b *Breaker) expire() {
 // holds the pause.
 func (b *Breaker) waitClosed(ctx context.Context) error {
 	b.mu.Lock()
-	d := time.Until(b.openUntil)
+	until := b.openUntil
+	if b.notBefore.After(until) {
+		until = b.notBefore
+	}
+	d := time.Until(until)
 	if d <= 0 {
 		b.mu.Unlock()
 		return ctx.Err()
@@ -160,7 +170,10 @@ func (b *Breaker) trip(dep string, cause error, hold bool, after time.Duration) 
 		b.wait = min(2*b.wait, max(b.MaxWait, b.MinWait, minBreakerWait))
 	}
 	b.dep, b.cause = dep, cause
-	b.openUntil = now.Add(max(b.wait, after))
+	b.openUntil = now.Add(b.wait)
+	if nb := now.Add(after); after > 0 && nb.After(b.notBefore) {
+		b.notBefore = nb
+	}
 	// Under the lock, so that a pause and a resume racing each other are
 	// reported in the order they happened.
 	if opened && b.OnChange != nil {

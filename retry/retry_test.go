@@ -382,3 +382,68 @@ func TestBreakerHonoursAfter(t *testing.T) {
 		t.Errorf("got After %v; want it capped at %v", u, retry.MaxAfter)
 	}
 }
+
+// TestBreakerAfterOutlivesAResume: an attempt already under way when the
+// dependency asked for a pause succeeds and resumes the route; the next
+// message still waits out the pause asked for.
+func TestBreakerAfterOutlivesAResume(t *testing.T) {
+	b := &retry.Breaker{MinWait: 10 * time.Millisecond, MaxWait: time.Second}
+	tripped := make(chan time.Time, 1)
+	bInside := make(chan struct{})
+	bGo := make(chan struct{})
+	var calls atomic.Int32
+	h := b.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+		switch msg.UUID {
+		case "a":
+			if calls.Add(1) == 1 {
+				tripped <- time.Now()
+				return nil, retry.UnavailableFor("http", 300*time.Millisecond, errors.New("429"))
+			}
+		case "b":
+			close(bInside)
+			<-bGo
+		}
+		retry.Reached(msg.Context(), "http")
+		return nil, nil
+	})
+	bDone := make(chan struct{})
+	go func() {
+		defer close(bDone)
+		_, _ = h(message.NewMessage("b", nil))
+	}()
+	<-bInside
+	aDone := make(chan struct{})
+	go func() {
+		defer close(aDone)
+		_, _ = h(message.NewMessage("a", nil))
+	}()
+	at := <-tripped
+	waitUntil(t, func() bool { paused, _ := b.Paused(); return paused })
+	// b, under way before the pause, succeeds and resumes the route.
+	close(bGo)
+	<-bDone
+	if paused, _ := b.Paused(); paused {
+		t.Fatal("the route is still paused after b reached the dependency")
+	}
+	if _, err := h(message.NewMessage("c", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if ran := time.Since(at); ran < 300*time.Millisecond {
+		t.Errorf("got the next message through %s after the dependency asked for 300ms; want it to wait", ran)
+	}
+	<-aDone
+}
+
+// waitUntil polls cond for up to 5s.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		<-tick.C
+	}
+}

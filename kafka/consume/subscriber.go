@@ -384,32 +384,81 @@ func (h *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 	return nil
 }
 
+// startMarker is the commit metadata of the offsets startAtNewest
+// commits.
+const startMarker = "eventrouter-start=latest"
+
 // startAtNewest commits the end of every claimed partition the group has
-// no offset for. sarama reads a claim's first offset after Setup, from
-// the mark made here.
+// no offset for, while the group is new: while every offset it committed
+// for the topic is one of these marks. A partition added to the topic
+// after the group handled a record starts at its oldest record instead,
+// so that what was written to it before it was claimed is not skipped.
+// sarama reads a claim's first offset after Setup, from the marks made
+// here; the commit is read back, so that a mark that did not reach the
+// coordinator fails the session instead of moving on.
 func (h *groupHandler) startAtNewest(sess sarama.ConsumerGroupSession) error {
-	marked := false
-	for topic, partitions := range sess.Claims() {
-		offsets, err := h.admin.ListConsumerGroupOffsets(h.s.cfg.ConsumerGroup, map[string][]int32{topic: partitions})
+	group := h.s.cfg.ConsumerGroup
+	marked := map[string]map[int32]int64{}
+	for topic, claimed := range sess.Claims() {
+		all, err := h.client.Partitions(topic)
+		if err != nil {
+			return fmt.Errorf("list partitions of %s: %w", topic, err)
+		}
+		offsets, err := h.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: all})
 		if err != nil {
 			return fmt.Errorf("read committed offsets of %s: %w", topic, err)
 		}
-		for _, p := range partitions {
-			if b := offsets.GetBlock(topic, p); b != nil && b.Offset >= 0 {
+		isNew := true
+		missing := map[int32]bool{}
+		for _, p := range all {
+			b := offsets.GetBlock(topic, p)
+			switch {
+			case b == nil || b.Err == sarama.ErrNoError && b.Offset < 0:
+				missing[p] = true
+			case b.Err != sarama.ErrNoError:
+				return fmt.Errorf("read committed offset of %s/%d: %w", topic, p, b.Err)
+			case b.Metadata != startMarker:
+				isNew = false
+			}
+		}
+		if !isNew {
+			continue
+		}
+		for _, p := range claimed {
+			if !missing[p] {
 				continue
 			}
 			end, err := h.client.GetOffset(topic, p, sarama.OffsetNewest)
 			if err != nil {
 				return fmt.Errorf("read end of %s/%d: %w", topic, p, err)
 			}
-			sess.MarkOffset(topic, p, end, "")
-			marked = true
+			sess.MarkOffset(topic, p, end, startMarker)
+			if marked[topic] == nil {
+				marked[topic] = map[int32]int64{}
+			}
+			marked[topic][p] = end
 			h.s.cfg.Logger.Info("new consumer group starts at the end of the partition (start_from: latest)",
 				"topic", topic, "partition", p, "offset", end)
 		}
 	}
-	if marked {
-		sess.Commit()
+	if len(marked) == 0 {
+		return nil
+	}
+	sess.Commit()
+	for topic, ends := range marked {
+		ps := make([]int32, 0, len(ends))
+		for p := range ends {
+			ps = append(ps, p)
+		}
+		offsets, err := h.admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: ps})
+		if err != nil {
+			return fmt.Errorf("read back the start offsets of %s: %w", topic, err)
+		}
+		for p, end := range ends {
+			if b := offsets.GetBlock(topic, p); b == nil || b.Offset < end {
+				return fmt.Errorf("the start offset %d of %s/%d was not committed", end, topic, p)
+			}
+		}
 	}
 	return nil
 }

@@ -43,3 +43,7 @@ func OriginFrom(ctx context.Context) (Origin, bool) {
 // It survives further poisonings and replays, so that the event keeps one
 // identity however often it comes back.
 const OriginalKey = "original_record"
+
+// ReplayedFromKey is the header of a record replayed from a poison topic
+// that names the poison record it came from, as topic/partition/offset.
+const ReplayedFromKey = "replayed_from"
