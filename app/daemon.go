@@ -33,6 +33,7 @@ import (
 	"github.com/eventrouter/eventrouter/kafka/broker"
 	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/kafka/consume"
+	"github.com/eventrouter/eventrouter/kafka/poison"
 	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/ledger"
 	"github.com/eventrouter/eventrouter/notify"
@@ -42,8 +43,8 @@ import (
 // Headers that eventrouter adds to a poisoned record, beside Watermill's
 // reason_poisoned, topic_poisoned, handler_poisoned and subscriber_poisoned.
 const (
-	PoisonedPartitionKey = "partition_poisoned"
-	PoisonedOffsetKey    = "offset_poisoned"
+	PoisonedPartitionKey = poison.PartitionKey
+	PoisonedOffsetKey    = poison.OffsetKey
 )
 
 // ReplayedFromKey is the header a replayed record carries: the poison
@@ -54,7 +55,7 @@ const ReplayedFromKey = record.ReplayedFromKey
 // route that poisoned it: the consumer group of that route. Other routes
 // of the topic skip the record; consumers other than eventrouter can do
 // the same.
-const ReplayForGroupKey = "replay_for_group"
+const ReplayForGroupKey = poison.ForGroupKey
 
 // Options replace parts of what New builds. The zero value builds the
 // daemon as configured.

@@ -7,19 +7,15 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"maps"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
-	"github.com/eventrouter/eventrouter/app"
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/kafka/client"
-	"github.com/eventrouter/eventrouter/kafka/record"
+	"github.com/eventrouter/eventrouter/kafka/poison"
 )
 
 // Replay commits its progress after replayCommitEvery records or, when
@@ -33,17 +29,6 @@ const (
 	// before the run gives up on it.
 	replayIdle = 30 * time.Second
 )
-
-// poisonHeaders are dropped on replay: they describe the failure, not the
-// event.
-var poisonHeaders = map[string]bool{
-	middleware.ReasonForPoisonedKey:  true,
-	middleware.PoisonedTopicKey:      true,
-	middleware.PoisonedHandlerKey:    true,
-	middleware.PoisonedSubscriberKey: true,
-	app.PoisonedPartitionKey:         true,
-	app.PoisonedOffsetKey:            true,
-}
 
 // replayCommand sends poisoned records back to the topic they failed on,
 // with their key, value and original headers, once the cause is fixed. It
@@ -98,8 +83,8 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 	if err != nil {
 		return fail("%s", oneLine(err))
 	}
-	poison := fset.Arg(0)
-	rules, err := replayRulesFor(cfg.Routes, poison, *to, *reason)
+	topic := fset.Arg(0)
+	rules, err := poison.RulesFor(cfg.Routes, topic, *to, *reason)
 	if err != nil {
 		return fail("%s: %s", *path, err)
 	}
@@ -112,7 +97,7 @@ func newReplayer(args []string, env Env) (*replayer, int) {
 		return fail("%s", oneLine(err))
 	}
 	return &replayer{
-		kafka: access, poison: poison, group: *group, rules: rules, dryRun: *dryRun, discard: *discard, out: env.Stdout, progress: env.Stderr,
+		kafka: access, poison: topic, group: *group, rules: rules, dryRun: *dryRun, discard: *discard, out: env.Stdout, progress: env.Stderr,
 		commitEvery: replayCommitEvery, commitInterval: replayCommitInterval, idle: replayIdle,
 	}, ExitOK
 }
@@ -133,7 +118,7 @@ func (r *replayer) main(ctx context.Context, env Env) int {
 	fmt.Fprintf(env.Stdout, "%s %d record(s) from %s; skipped %d\n", verb, n, r.poison, skipped)
 	if r.stopped > 0 {
 		fmt.Fprintf(env.Stdout, "stopped in %d partition(s) at a record --reason %q does not match: it and the records after it are left for a later run\n",
-			r.stopped, r.rules.reason)
+			r.stopped, r.rules.Reason)
 	}
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "eventrouter replay: %s\n", oneLine(err))
@@ -142,178 +127,11 @@ func (r *replayer) main(ctx context.Context, env Env) int {
 	return ExitOK
 }
 
-// replayRules says which records of one poison topic may go where.
-type replayRules struct {
-	// poison is the poison topic.
-	poison string
-	// allowed holds the subscribe topics of the routes whose poison topic
-	// is poison: the only topics its records can have failed on.
-	allowed map[string]bool
-	// to, when set, is the target of every record instead of its
-	// topic_poisoned header.
-	to string
-	// reason, when set, stops at records whose reason_poisoned does not
-	// contain it.
-	reason string
-	// routes names the routes of each allowed topic, for the dry run.
-	routes map[string]string
-	// groups holds the consumer group of each route whose poison topic is
-	// poison, by route name (the handler_poisoned header).
-	groups map[string]routeGroup
-}
-
-// routeGroup is a route's subscribe topic and consumer group.
-type routeGroup struct {
-	topic, group string
-}
-
-// replayRulesFor returns the rules for poison under routes, or why the
-// command line asks for something the routes do not allow.
-func replayRulesFor(routes []config.Route, poison, to, reason string) (replayRules, error) {
-	rules := replayRules{poison: poison, allowed: map[string]bool{}, to: to, reason: reason, routes: map[string]string{}, groups: map[string]routeGroup{}}
-	var poisons []string
-	for _, r := range routes {
-		if r.PoisonTopic == poison {
-			rules.allowed[r.SubscribeTopic] = true
-			if rules.routes[r.SubscribeTopic] != "" {
-				rules.routes[r.SubscribeTopic] += ","
-			}
-			rules.routes[r.SubscribeTopic] += r.Name
-			rules.groups[r.Name] = routeGroup{topic: r.SubscribeTopic, group: r.ConsumerGroup}
-		}
-		if !slices.Contains(poisons, r.PoisonTopic) {
-			poisons = append(poisons, r.PoisonTopic)
-		}
-	}
-	if len(rules.allowed) == 0 {
-		return replayRules{}, fmt.Errorf("no route has poison topic %q; the routes' poison topics are %s", poison, strings.Join(poisons, ", "))
-	}
-	if to != "" && !rules.allowed[to] {
-		return replayRules{}, fmt.Errorf("--to %q is not the subscribe topic of a route with poison topic %s; it can be %s", to, poison, strings.Join(slices.Sorted(maps.Keys(rules.allowed)), ", "))
-	}
-	return rules, nil
-}
-
-// replayPlan is what replay does with one poisoned record.
-type replayPlan struct {
-	// target is the topic to replay into; empty when the record is skipped.
-	target string
-	// headers are the record's own headers, without the poison headers,
-	// and one replayed_from header, and a replay_for_group header when the
-	// route that poisoned it is known.
-	headers []sarama.RecordHeader
-	// route is the route the record goes back to, when known.
-	route string
-	// reason is the record's reason_poisoned.
-	reason string
-	// skip says why the record is not replayed; empty when it is.
-	skip string
-	// filtered means skip is --reason's doing, which is no news to report.
-	filtered bool
-}
-
-// plan decides what happens to the poisoned record from, a
-// topic/partition/offset, given its headers. It reads nothing else, so
-// it is the whole of what a record's headers can make replay do.
-func (rules replayRules) plan(from string, headers []*sarama.RecordHeader) replayPlan {
-	var kept []sarama.RecordHeader
-	var topics, reasons, handlers []string
-	var partition, offset string
-	original := false
-	for _, h := range headers {
-		if h == nil {
-			continue
-		}
-		switch key := string(h.Key); {
-		case key == app.PoisonedPartitionKey:
-			partition = string(h.Value)
-			continue
-		case key == app.PoisonedOffsetKey:
-			offset = string(h.Value)
-			continue
-		case key == record.OriginalKey:
-			// Poisoned again after a replay: the first record stays the
-			// event's identity.
-			original = true
-		}
-		switch key := string(h.Key); {
-		case key == middleware.PoisonedTopicKey:
-			topics = appendNew(topics, string(h.Value))
-		case key == middleware.ReasonForPoisonedKey:
-			reasons = appendNew(reasons, string(h.Value))
-		case key == middleware.PoisonedHandlerKey:
-			handlers = appendNew(handlers, string(h.Value))
-		case key == app.ReplayForGroupKey:
-			// This replay says who it is for.
-		case poisonHeaders[key]:
-		case key == app.ReplayedFromKey:
-			// A record poisoned again after a replay: it names the older
-			// source, and replayed_from is this replay's to set.
-		default:
-			kept = append(kept, *h)
-		}
-	}
-	// The daemon writes each header once (Watermill's metadata is a map):
-	// two values mean someone else wrote the record, and replay does not
-	// guess which one counts.
-	switch {
-	case len(reasons) > 1 && rules.reason != "":
-		return replayPlan{skip: "conflicting " + middleware.ReasonForPoisonedKey + " headers"}
-	case len(topics) > 1 && rules.to == "":
-		return replayPlan{skip: "conflicting " + middleware.PoisonedTopicKey + " headers"}
-	}
-	p := replayPlan{}
-	if len(reasons) > 0 {
-		p.reason = reasons[0]
-	}
-	if rules.reason != "" && !strings.Contains(p.reason, rules.reason) {
-		return replayPlan{reason: p.reason, skip: "reason does not contain --reason", filtered: true}
-	}
-	target := rules.to
-	if target == "" && len(topics) > 0 {
-		target = topics[0]
-	}
-	switch {
-	case target == "":
-		p.skip = "no " + middleware.PoisonedTopicKey + " header and no --to"
-	case !rules.allowed[target]:
-		p.skip = fmt.Sprintf("%s %q is not the subscribe topic of a route with poison topic %s", middleware.PoisonedTopicKey, target, rules.poison)
-	}
-	if p.skip != "" {
-		return p
-	}
-	p.target = target
-	if !original && len(topics) == 1 && partition != "" && offset != "" {
-		// The record's stable identity (handlers.Record.ID), so that a
-		// receiver which dedupes on it knows the event again.
-		kept = append(kept, sarama.RecordHeader{Key: []byte(record.OriginalKey),
-			Value: []byte(topics[0] + "/" + partition + "/" + offset)})
-	}
-	p.headers = append(kept, sarama.RecordHeader{Key: []byte(app.ReplayedFromKey), Value: []byte(from)})
-	// Back to the route that poisoned it alone, when the record names one
-	// route of the target topic; otherwise every route of the topic sees
-	// it, as any consumer would.
-	if len(handlers) == 1 {
-		if rg, ok := rules.groups[handlers[0]]; ok && rg.topic == target {
-			p.route = handlers[0]
-			p.headers = append(p.headers, sarama.RecordHeader{Key: []byte(app.ReplayForGroupKey), Value: []byte(rg.group)})
-		}
-	}
-	return p
-}
-
-func appendNew(list []string, s string) []string {
-	if slices.Contains(list, s) {
-		return list
-	}
-	return append(list, s)
-}
-
 type replayer struct {
 	kafka  client.Settings
 	poison string
 	group  string
-	rules  replayRules
+	rules  poison.Rules
 	dryRun bool
 	// discard marks records handled without replaying them.
 	discard bool
@@ -533,26 +351,26 @@ func (r *replayer) partition(ctx context.Context, pc sarama.PartitionConsumer, p
 // for it. filtered says that --reason does not match it: nothing was done.
 func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProducer, replayed, skipped *int) (filtered bool, err error) {
 	from := fmt.Sprintf("%s/%d/%d", m.Topic, m.Partition, m.Offset)
-	p := r.rules.plan(from, m.Headers)
+	p := r.rules.Plan(from, m.Headers)
 	switch {
-	case p.filtered:
-		fmt.Fprintf(r.out, "%s: stopped here: reason %q does not contain --reason %q\n", from, p.reason, r.rules.reason)
+	case p.Filtered:
+		fmt.Fprintf(r.out, "%s: stopped here: reason %q does not contain --reason %q\n", from, p.Reason, r.rules.Reason)
 		return true, nil
-	case p.skip != "":
-		fmt.Fprintf(r.out, "%s: skipped: %s\n", from, p.skip)
+	case p.Skip != "":
+		fmt.Fprintf(r.out, "%s: skipped: %s\n", from, p.Skip)
 		*skipped++
 	case r.discard:
 		verb := "discarded"
 		if r.dryRun {
 			verb = "would discard"
 		}
-		fmt.Fprintf(r.out, "%s: %s (route %s, reason %q)\n", from, verb, p.routeName(r.rules), p.reason)
+		fmt.Fprintf(r.out, "%s: %s (route %s, reason %q)\n", from, verb, p.RouteName(r.rules), p.Reason)
 		*replayed++
 	case r.dryRun:
-		fmt.Fprintf(r.out, "%s -> %s (route %s, key %q): reason %q; value %s\n", from, p.target, p.routeName(r.rules), m.Key, p.reason, excerpt(m.Value, 120))
+		fmt.Fprintf(r.out, "%s -> %s (route %s, key %q): reason %q; value %s\n", from, p.Target, p.RouteName(r.rules), m.Key, p.Reason, excerpt(m.Value, 120))
 		*replayed++
 	default:
-		rec := &sarama.ProducerMessage{Topic: p.target, Headers: p.headers}
+		rec := &sarama.ProducerMessage{Topic: p.Target, Headers: p.Headers}
 		if m.Key != nil {
 			rec.Key = sarama.ByteEncoder(m.Key)
 		}
@@ -561,21 +379,12 @@ func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProduce
 		}
 		partition, offset, err := producer.SendMessage(rec)
 		if err != nil {
-			return false, fmt.Errorf("replay %s to %s: %w", from, p.target, err)
+			return false, fmt.Errorf("replay %s to %s: %w", from, p.Target, err)
 		}
-		fmt.Fprintf(r.out, "%s -> %s/%d/%d\n", from, p.target, partition, offset)
+		fmt.Fprintf(r.out, "%s -> %s/%d/%d\n", from, p.Target, partition, offset)
 		*replayed++
 	}
 	return false, nil
-}
-
-// routeName is the route the record goes back to: the one that poisoned
-// it when known, else every route of the target topic.
-func (p replayPlan) routeName(rules replayRules) string {
-	if p.route != "" {
-		return p.route
-	}
-	return rules.routes[p.target]
 }
 
 // emailLike matches what could be an email address, which an excerpt

@@ -18,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/eventrouter/eventrouter/app"
+	"github.com/eventrouter/eventrouter/kafka/poison"
 	"github.com/eventrouter/eventrouter/kafka/record"
 	"github.com/eventrouter/eventrouter/testkit/kafkatest"
 )
@@ -67,7 +68,7 @@ func TestReplayPartitionEndsWithAnError(t *testing.T) {
 			f := fakePartition{msgs: make(chan *sarama.ConsumerMessage, 1), errs: make(chan *sarama.ConsumerError, 1)}
 			tt.feed(f)
 			r := &replayer{
-				poison: "in.poison", rules: replayRules{poison: "in.poison", allowed: map[string]bool{"in": true}},
+				poison: "in.poison", rules: poison.Rules{Poison: "in.poison", Allowed: map[string]bool{"in": true}},
 				out: &bytes.Buffer{}, commitEvery: 100, commitInterval: time.Hour, idle: 50 * time.Millisecond,
 			}
 			var commits []int64
@@ -111,7 +112,7 @@ func TestReplayPartitionCommitsInBatches(t *testing.T) {
 				f.msgs <- &sarama.ConsumerMessage{Topic: "in.poison", Offset: off} // skipped: needs no producer
 			}
 			r := &replayer{
-				poison: "in.poison", rules: replayRules{poison: "in.poison", allowed: map[string]bool{"in": true}},
+				poison: "in.poison", rules: poison.Rules{Poison: "in.poison", Allowed: map[string]bool{"in": true}},
 				out: &bytes.Buffer{}, commitEvery: tt.every, commitInterval: tt.interval, idle: time.Minute,
 			}
 			var commits []int64
@@ -175,25 +176,25 @@ func TestReplayPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rules := replayRules{poison: "in.poison", allowed: allowed, to: tt.to, reason: tt.reason}
-			p := rules.plan("in.poison/0/9", tt.headers)
-			if p.target != tt.target || !strings.Contains(p.skip, tt.skip) || (tt.skip == "") != (p.skip == "") || p.filtered != tt.filtered {
-				t.Fatalf("plan() = target %q skip %q filtered %v; want target %q skip %q filtered %v", p.target, p.skip, p.filtered, tt.target, tt.skip, tt.filtered)
+			rules := poison.Rules{Poison: "in.poison", Allowed: allowed, To: tt.to, Reason: tt.reason}
+			p := rules.Plan("in.poison/0/9", tt.headers)
+			if p.Target != tt.target || !strings.Contains(p.Skip, tt.skip) || (tt.skip == "") != (p.Skip == "") || p.Filtered != tt.filtered {
+				t.Fatalf("plan() = target %q skip %q filtered %v; want target %q skip %q filtered %v", p.Target, p.Skip, p.Filtered, tt.target, tt.skip, tt.filtered)
 			}
 			var keys []string
-			for _, h := range p.headers {
+			for _, h := range p.Headers {
 				keys = append(keys, string(h.Key))
 			}
 			if !slices.Equal(keys, tt.wantHeaderKeys) {
 				t.Errorf("plan() headers = %q; want %q", keys, tt.wantHeaderKeys)
 			}
-			for _, h := range p.headers {
+			for _, h := range p.Headers {
 				if string(h.Key) == record.OriginalKey && string(h.Value) != "in/0/3" && string(h.Value) != "in/1/1" {
 					t.Errorf("%s = %q; want the first poisoned record", record.OriginalKey, h.Value)
 				}
 			}
-			if p.skip == "" && string(p.headers[len(p.headers)-1].Value) != "in.poison/0/9" {
-				t.Errorf("replayed_from = %q; want in.poison/0/9", p.headers[len(p.headers)-1].Value)
+			if p.Skip == "" && string(p.Headers[len(p.Headers)-1].Value) != "in.poison/0/9" {
+				t.Errorf("replayed_from = %q; want in.poison/0/9", p.Headers[len(p.Headers)-1].Value)
 			}
 		})
 	}
@@ -224,50 +225,50 @@ func FuzzReplayHeaders(f *testing.F) {
 	f.Add([]byte(""), "", "elsewhere", "x")
 	f.Fuzz(func(t *testing.T, raw []byte, allowedList, to, reason string) {
 		headers := fuzzHeaders(raw)
-		rules := replayRules{poison: "in.poison", allowed: map[string]bool{}, to: to, reason: reason}
+		rules := poison.Rules{Poison: "in.poison", Allowed: map[string]bool{}, To: to, Reason: reason}
 		for _, a := range strings.Split(allowedList, ",") {
 			if a != "" {
-				rules.allowed[a] = true
+				rules.Allowed[a] = true
 			}
 		}
 		const from = "in.poison/0/7"
-		p := rules.plan(from, headers)
-		if p.skip != "" {
-			if p.target != "" || p.headers != nil {
-				t.Fatalf("skipped (%s) with target %q and %d headers; want neither", p.skip, p.target, len(p.headers))
+		p := rules.Plan(from, headers)
+		if p.Skip != "" {
+			if p.Target != "" || p.Headers != nil {
+				t.Fatalf("skipped (%s) with target %q and %d headers; want neither", p.Skip, p.Target, len(p.Headers))
 			}
 			return
 		}
-		if p.filtered {
+		if p.Filtered {
 			t.Fatalf("filtered without a skip reason")
 		}
-		if !rules.allowed[p.target] {
-			t.Fatalf("target %q; want one of %v", p.target, rules.allowed)
+		if !rules.Allowed[p.Target] {
+			t.Fatalf("target %q; want one of %v", p.Target, rules.Allowed)
 		}
-		if to != "" && p.target != to {
-			t.Fatalf("target %q; want --to %q", p.target, to)
+		if to != "" && p.Target != to {
+			t.Fatalf("target %q; want --to %q", p.Target, to)
 		}
-		if reason != "" && !strings.Contains(p.reason, reason) {
-			t.Fatalf("replayed reason %q; want one containing --reason %q", p.reason, reason)
+		if reason != "" && !strings.Contains(p.Reason, reason) {
+			t.Fatalf("replayed reason %q; want one containing --reason %q", p.Reason, reason)
 		}
 		kept, froms, originals := 0, 0, 0
 		for _, h := range headers {
-			if h != nil && !poisonHeaders[string(h.Key)] && string(h.Key) != app.ReplayedFromKey {
+			if h != nil && !poison.Headers[string(h.Key)] && string(h.Key) != app.ReplayedFromKey {
 				kept++
 			}
 			if h != nil && string(h.Key) == record.OriginalKey {
 				originals++
 			}
 		}
-		for _, h := range p.headers {
+		for _, h := range p.Headers {
 			if string(h.Key) == record.OriginalKey {
 				originals--
 			}
 		}
 		// The first replay of a record adds its identity.
 		kept -= originals
-		for _, h := range p.headers {
-			if poisonHeaders[string(h.Key)] {
+		for _, h := range p.Headers {
+			if poison.Headers[string(h.Key)] {
 				t.Fatalf("replayed headers hold poison header %q", h.Key)
 			}
 			if string(h.Key) == app.ReplayedFromKey {
@@ -277,8 +278,8 @@ func FuzzReplayHeaders(f *testing.F) {
 				}
 			}
 		}
-		if froms != 1 || len(p.headers) != kept+1 {
-			t.Fatalf("got %d headers, %d replayed_from; want %d headers, 1 replayed_from", len(p.headers), froms, kept+1)
+		if froms != 1 || len(p.Headers) != kept+1 {
+			t.Fatalf("got %d headers, %d replayed_from; want %d headers, 1 replayed_from", len(p.Headers), froms, kept+1)
 		}
 	})
 }
