@@ -70,6 +70,9 @@ type Options struct {
 	Getenv func(string) string
 	// TracerProvider replaces the one the tracing config builds.
 	TracerProvider trace.TracerProvider
+	// ConsoleSample replaces how often the console samples the routes'
+	// rates (10s), such as to see charts move in a test.
+	ConsoleSample time.Duration
 	// WrapPublisher, if set, wraps the Kafka publisher of produced events
 	// and poisoned records, such as to make it fail in tests.
 	WrapPublisher func(message.Publisher) message.Publisher
@@ -83,15 +86,17 @@ type Daemon struct {
 	handlers map[string]handlers.Handler
 	// ledger and pub are what the handlers' services forward to once Run
 	// has opened them.
-	ledger   atomic.Pointer[handlers.Ledger]
-	pub      atomic.Pointer[message.Publisher]
-	getenv   func(string) string
-	tracing  trace.TracerProvider
-	wrapPub  func(message.Publisher) message.Publisher
-	prom     *prometheus.Registry
-	metrics  *metrics
-	running  chan struct{}
-	stopping atomic.Bool
+	ledger  atomic.Pointer[handlers.Ledger]
+	pub     atomic.Pointer[message.Publisher]
+	getenv  func(string) string
+	tracing trace.TracerProvider
+	wrapPub func(message.Publisher) message.Publisher
+	// consoleSample is Options.ConsoleSample.
+	consoleSample time.Duration
+	prom          *prometheus.Registry
+	metrics       *metrics
+	running       chan struct{}
+	stopping      atomic.Bool
 	// subs are the routes' subscribers, by route name; made in Run before
 	// the ops server starts, as readiness and the stop read them.
 	subs    map[string]*consume.Subscriber
@@ -113,6 +118,10 @@ type Daemon struct {
 	kafka client.Settings
 	// shared is the open shared ledger, for readiness; nil with bbolt.
 	shared atomic.Pointer[ledger.Postgres]
+	// opened is the open ledger of either kind, for the console.
+	opened atomic.Pointer[sideLedger]
+	// failures keeps each route's last failed attempts, by route name.
+	failures map[string]*failures
 }
 
 // New checks cfg against the handler registry and builds a daemon. It
@@ -181,7 +190,7 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 		cfg: cfg, logger: logger, getenv: getenv,
 		tracing: opts.TracerProvider, wrapPub: opts.WrapPublisher, prom: prom, metrics: m,
 		running: make(chan struct{}), opsToken: token, notifier: built, ledgerDSN: dsn,
-		kafka: access,
+		kafka: access, consoleSample: opts.ConsoleSample,
 	}
 	var counted handlers.Notifier = countingNotifier{Notifier: notifier, sent: m.notifications}
 	if notifier == nil {
@@ -199,6 +208,10 @@ func New(cfg config.Config, logger *slog.Logger, opts Options) (*Daemon, error) 
 		return nil, errors.Join(errs...)
 	}
 	d.handlers = hs
+	d.failures = make(map[string]*failures, len(cfg.Routes))
+	for _, r := range cfg.Routes {
+		d.failures[r.Name] = &failures{}
+	}
 	return d, nil
 }
 
@@ -309,6 +322,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	d.opened.Store(&l)
 	var timed handlers.Ledger = timedLedger{Ledger: l, seconds: d.metrics.ledgerRecord}
 	d.ledger.Store(&timed)
 
@@ -497,7 +511,7 @@ func (d *Daemon) addRoute(router *message.Router, r config.Route, deps routeDeps
 		poison,
 		deps.handlerMetrics,
 		retrying.Middleware,
-		attempt(r, d.metrics, deps.tracer, d.logger),
+		attempt(r, d.metrics, deps.tracer, d.logger, d.failures[r.Name]),
 		d.breakers[r.Name].Middleware,
 	)
 	return nil
@@ -564,6 +578,7 @@ func (p poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
 type sideLedger interface {
 	handlers.Ledger
 	MarkPublished(key string) error
+	Lookup(key string) (ledger.Entry, bool, error)
 	Close() error
 }
 

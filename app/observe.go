@@ -159,7 +159,7 @@ func messageScope(r config.Route, tracer trace.Tracer, m *metrics) message.Handl
 // attempt wraps one handler attempt, inside the retry middleware: it times
 // it in a handle span, counts retries and successes, and logs failures with
 // the message's identity.
-func attempt(r config.Route, m *metrics, tracer trace.Tracer, logger *slog.Logger) message.HandlerMiddleware {
+func attempt(r config.Route, m *metrics, tracer trace.Tracer, logger *slog.Logger, failed *failures) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			n := int64(1)
@@ -180,6 +180,7 @@ func attempt(r config.Route, m *metrics, tracer trace.Tracer, logger *slog.Logge
 				span.RecordError(err)
 				span.SetStatus(codes.Error, err.Error())
 				logger.WarnContext(ctx, "handler attempt failed", "attempt", n, "err", err.Error())
+				failed.add(msg, err)
 			} else {
 				m.handled.WithLabelValues(r.Name).Inc()
 			}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/eventrouter/eventrouter/config"
 	"github.com/eventrouter/eventrouter/ops"
+	"github.com/eventrouter/eventrouter/ops/console"
 )
 
 // OpsAddr returns the address the ops server listens on, once it does.
@@ -64,8 +65,27 @@ func (d *Daemon) startOps() (func(), error) {
 	if ip := ln.Addr().(*net.TCPAddr).IP; token == "" && !ip.IsLoopback() {
 		d.logger.Warn("ops server listens beyond loopback without a token: anyone who reaches it can read the metrics and readiness; set ops.token_env or ops.token_file", "addr", addr)
 	}
+	var web http.Handler
+	stopConsole := func() {}
+	if d.cfg.Ops.Console.Enabled {
+		src := &consoleSource{d: d, client: client, admin: admin}
+		c, err := console.New(console.Options{
+			Source: src, Token: token, AllowActions: d.cfg.Ops.Console.AllowActions,
+			Logger: d.logger.With("component", "console"), SampleEvery: d.consoleSample,
+		})
+		if err != nil {
+			ln.Close()
+			client.Close()
+			return nil, err
+		}
+		web = c
+		stopConsole = func() {
+			c.Close()
+			src.close()
+		}
+	}
 	srv := &http.Server{
-		Handler:           ops.Handler(ops.Options{Token: token, Ready: d.ready, Gatherer: d.prom}),
+		Handler:           ops.Handler(ops.Options{Token: token, Ready: d.ready, Gatherer: d.prom, Console: web}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	served := make(chan struct{})
@@ -81,6 +101,7 @@ func (d *Daemon) startOps() (func(), error) {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 		<-served
+		stopConsole()
 		_ = admin.Close()
 	}, nil
 }

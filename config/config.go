@@ -283,6 +283,17 @@ type Ops struct {
 	TokenEnv string `yaml:"token_env"`
 	// TokenFile is a file holding that token, as an alternative.
 	TokenFile string `yaml:"token_file"`
+	// Console is the web console at /.
+	Console Console `yaml:"console"`
+}
+
+// Console configures the operators' web console, served by the ops server.
+type Console struct {
+	// Enabled serves it at /.
+	Enabled bool `yaml:"enabled"`
+	// AllowActions lets a console without a token replay poisoned records;
+	// with a token, actions need a login and are always allowed.
+	AllowActions bool `yaml:"allow_actions"`
 }
 
 // Tracing configures OpenTelemetry.
@@ -384,7 +395,7 @@ func Defaults() Config {
 		Ledger: Ledger{Kind: "bbolt", Path: "data/ledger.db",
 			Postgres: Postgres{MaxConnections: 16, StatementTimeout: 5 * time.Second, Lease: 15 * time.Second}},
 		Log:     Log{Format: "text", Level: "info"},
-		Ops:     Ops{Listen: "127.0.0.1:9464"},
+		Ops:     Ops{Listen: "127.0.0.1:9464", Console: Console{Enabled: true}},
 		Tracing: Tracing{Exporter: "none", Endpoint: "127.0.0.1:4318", SampleRatio: 1, ServiceName: "eventrouter"},
 	}
 }

@@ -873,3 +873,29 @@ func (p *Postgres) Close() error {
 	})
 	return err
 }
+
+// Lookup returns the entry recorded under key, if its side effect went
+// out; a claim still under way is not one.
+func (p *Postgres) Lookup(key string) (Entry, bool, error) {
+	p.mu.Lock()
+	if e, ok := p.unsaved[key]; ok {
+		p.mu.Unlock()
+		return e, true, nil
+	}
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout())
+	defer cancel()
+	var e Entry
+	var eventID, channel, address *string
+	var sentAt *time.Time
+	err := p.pool.QueryRow(ctx, `SELECT event_id, channel, address, sent_at, published FROM eventrouter_ledger
+		WHERE key = $1 AND sent_at IS NOT NULL`, key).Scan(&eventID, &channel, &address, &sentAt, &e.Published)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Entry{}, false, nil
+	}
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("ledger lookup %s: %w", key, err)
+	}
+	e.EventID, e.Channel, e.Address, e.SentAt = deref(eventID), deref(channel), deref(address), sentAt.UTC()
+	return e, true, nil
+}

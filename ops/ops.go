@@ -1,6 +1,6 @@
 // Package ops serves what operators ask of a running daemon over HTTP:
 // /healthz (is the process alive), /readyz (can it do its work) and
-// /metrics (Prometheus).
+// /metrics (Prometheus), and the web console (package ops/console) at /.
 package ops
 
 import (
@@ -31,6 +31,9 @@ type Options struct {
 	Ready func(ctx context.Context) Readiness
 	// Gatherer serves /metrics.
 	Gatherer prometheus.Gatherer
+	// Console, if set, serves every other path: the web console, which
+	// checks the token itself (a login, or the bearer token).
+	Console http.Handler
 }
 
 // Handler returns the ops endpoints.
@@ -50,6 +53,9 @@ func Handler(opts Options) http.Handler {
 		writeJSON(w, status, rd)
 	})))
 	mux.Handle("GET /metrics", guard(opts.Token, promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})))
+	if opts.Console != nil {
+		mux.Handle("/", opts.Console)
+	}
 	return mux
 }
 

@@ -90,6 +90,17 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
+// RestartWith stops Mailpit and starts it again on the same ports and
+// database with other extra flags.
+func (s *Server) RestartWith(extra ...string) {
+	s.t.Helper()
+	s.Stop()
+	s.mu.Lock()
+	s.args = extra
+	s.mu.Unlock()
+	s.Restart()
+}
+
 // Restart starts Mailpit again on the same ports and database, and waits
 // until its API answers.
 func (s *Server) Restart() {

@@ -1,0 +1,417 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/handlers"
+	"github.com/eventrouter/eventrouter/kafka/poison"
+	"github.com/eventrouter/eventrouter/kafka/record"
+	"github.com/eventrouter/eventrouter/ledger"
+	"github.com/eventrouter/eventrouter/ops/console"
+)
+
+// consoleSource is what the console reads and does, from the running
+// daemon and the brokers.
+type consoleSource struct {
+	d      *Daemon
+	client sarama.Client
+	admin  sarama.ClusterAdmin
+
+	mu       sync.Mutex
+	producer sarama.SyncProducer
+}
+
+var _ console.Source = (*consoleSource)(nil)
+
+func (s *consoleSource) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.producer != nil {
+		_ = s.producer.Close()
+	}
+}
+
+func (s *consoleSource) Routes() []console.Route {
+	d := s.d
+	var out []console.Route
+	for _, r := range d.cfg.Routes {
+		cr := console.Route{
+			Name: r.Name, Handler: r.Handler, Topic: r.SubscribeTopic, Group: r.ConsumerGroup, PoisonTopic: r.PoisonTopic,
+			Handled:  counterValue(d.metrics.handled.WithLabelValues(r.Name)),
+			Retried:  counterValue(d.metrics.retried.WithLabelValues(r.Name)),
+			Poisoned: counterValue(d.metrics.poisoned.WithLabelValues(r.Name)),
+			Errors:   d.failures[r.Name].list(),
+		}
+		sub := d.subs[r.Name]
+		select {
+		case <-d.running:
+			cr.State = "running"
+		default:
+			cr.State = "starting"
+		}
+		if sub != nil {
+			cr.InFlight = sub.InFlight()
+			if cr.State == "running" && !sub.InSession() {
+				cr.State = "joining"
+			}
+		}
+		if b := d.breakers[r.Name]; b != nil {
+			if paused, cause := b.Paused(); paused {
+				cr.State, cr.Cause = "paused", cause.Error()
+			}
+		}
+		if d.stopping.Load() {
+			cr.State = "draining"
+		}
+		out = append(out, cr)
+	}
+	return out
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
+}
+
+func (s *consoleSource) route(name string) (config.Route, bool) {
+	for _, r := range s.d.cfg.Routes {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return config.Route{}, false
+}
+
+// inTime runs f, giving up when ctx ends: sarama's calls take no context.
+func inTime[T any](ctx context.Context, f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("kafka did not answer in time: %w", ctx.Err())
+	}
+}
+
+func (s *consoleSource) Partitions(ctx context.Context, name string) ([]console.Partition, error) {
+	r, ok := s.route(name)
+	if !ok {
+		return nil, fmt.Errorf("no route %q", name)
+	}
+	return inTime(ctx, func() ([]console.Partition, error) {
+		if err := s.client.RefreshMetadata(r.SubscribeTopic); err != nil {
+			return nil, err
+		}
+		partitions, err := s.client.Partitions(r.SubscribeTopic)
+		if err != nil {
+			return nil, err
+		}
+		committed, err := s.admin.ListConsumerGroupOffsets(r.ConsumerGroup, map[string][]int32{r.SubscribeTopic: partitions})
+		if err != nil {
+			return nil, err
+		}
+		mine := map[int32]console.Partition{}
+		if sub := s.d.subs[r.Name]; sub != nil {
+			for _, st := range sub.Partitions() {
+				if st.Topic != r.SubscribeTopic {
+					continue
+				}
+				p := console.Partition{Owned: true, Uncommitted: st.Window}
+				if !st.Oldest.IsZero() {
+					p.Oldest = time.Since(st.Oldest)
+				}
+				mine[st.Partition] = p
+			}
+		}
+		var out []console.Partition
+		for _, p := range partitions {
+			end, err := s.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetNewest)
+			if err != nil {
+				return nil, err
+			}
+			cp := mine[p]
+			cp.Partition, cp.End, cp.Committed = p, end, -1
+			if b := committed.GetBlock(r.SubscribeTopic, p); b != nil && b.Offset >= 0 {
+				cp.Committed = b.Offset
+			}
+			from := cp.Committed
+			if from < 0 {
+				if r.StartFrom == "latest" {
+					from = end
+				} else if from, err = s.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetOldest); err != nil {
+					return nil, err
+				}
+			}
+			cp.Lag = max(end-from, 0)
+			out = append(out, cp)
+		}
+		return out, nil
+	})
+}
+
+// poisonScan bounds how many of a poison partition's newest records the
+// explorer reads.
+const poisonScan = 1000
+
+// maxShown bounds a payload as the console shows it.
+const maxShown = 4096
+
+func (s *consoleSource) Poisoned(ctx context.Context, name string, q console.Query) ([]console.Poisoned, error) {
+	r, ok := s.route(name)
+	if !ok {
+		return nil, fmt.Errorf("no route %q", name)
+	}
+	recs, err := s.read(ctx, r.PoisonTopic, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out []console.Poisoned
+	for _, m := range recs {
+		p := console.Poisoned{Ref: console.Ref{Partition: m.Partition, Offset: m.Offset}, Time: m.Timestamp, Key: string(m.Key), Headers: map[string]string{}}
+		for _, h := range m.Headers {
+			if h != nil {
+				p.Headers[string(h.Key)] = string(h.Value)
+			}
+		}
+		// The poison topic is the route's own, but a record may name
+		// another handler: one written by a tool, or by an older config.
+		if h := p.Headers[middleware.PoisonedHandlerKey]; h != "" && h != r.Name {
+			continue
+		}
+		p.Reason = p.Headers[middleware.ReasonForPoisonedKey]
+		if q.Reason != "" && !strings.Contains(p.Reason, q.Reason) || !q.Since.IsZero() && p.Time.Before(q.Since) {
+			continue
+		}
+		p.Payload = pretty(m.Value)
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Time.Equal(out[j].Time) {
+			return out[i].Time.After(out[j].Time)
+		}
+		return out[i].Offset > out[j].Offset
+	})
+	if q.Limit > 0 && len(out) > q.Limit {
+		out = out[:q.Limit]
+	}
+	return out, nil
+}
+
+// pretty shows a payload: indented when it is JSON, cut to maxShown.
+func pretty(v []byte) string {
+	var b bytes.Buffer
+	if json.Valid(v) && json.Indent(&b, v, "", "  ") == nil {
+		v = b.Bytes()
+	}
+	if len(v) > maxShown {
+		return strings.ToValidUTF8(string(v[:maxShown]), "") + fmt.Sprintf("\n… (%d bytes)", len(v))
+	}
+	return strings.ToValidUTF8(string(v), "\uFFFD")
+}
+
+// read returns the newest records of topic, up to poisonScan a partition,
+// or, with only set, those records alone.
+func (s *consoleSource) read(ctx context.Context, topic string, only map[int32][]int64) ([]*sarama.ConsumerMessage, error) {
+	return inTime(ctx, func() ([]*sarama.ConsumerMessage, error) {
+		if err := s.client.RefreshMetadata(topic); err != nil {
+			if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		partitions, err := s.client.Partitions(topic)
+		if err != nil {
+			return nil, err
+		}
+		consumer, err := sarama.NewConsumerFromClient(s.client)
+		if err != nil {
+			return nil, err
+		}
+		defer consumer.Close()
+		var out []*sarama.ConsumerMessage
+		for _, p := range partitions {
+			oldest, err := s.client.GetOffset(topic, p, sarama.OffsetOldest)
+			if err != nil {
+				return nil, err
+			}
+			end, err := s.client.GetOffset(topic, p, sarama.OffsetNewest)
+			if err != nil {
+				return nil, err
+			}
+			from := max(oldest, end-poisonScan)
+			want := only[p]
+			if only != nil {
+				if len(want) == 0 {
+					continue
+				}
+				from = max(oldest, slices.Min(want))
+				end = min(end, slices.Max(want)+1)
+			}
+			if from >= end {
+				continue
+			}
+			pc, err := consumer.ConsumePartition(topic, p, from)
+			if err != nil {
+				return nil, err
+			}
+			for next := from; next < end; {
+				select {
+				case m := <-pc.Messages():
+					next = m.Offset + 1
+					if only == nil || slices.Contains(want, m.Offset) {
+						out = append(out, m)
+					}
+				case err := <-pc.Errors():
+					pc.AsyncClose()
+					return nil, err
+				case <-ctx.Done():
+					pc.AsyncClose()
+					return nil, ctx.Err()
+				}
+			}
+			pc.AsyncClose()
+		}
+		return out, nil
+	})
+}
+
+func (s *consoleSource) Replay(ctx context.Context, name string, refs []console.Ref) (int, error) {
+	r, ok := s.route(name)
+	if !ok {
+		return 0, fmt.Errorf("no route %q", name)
+	}
+	rules, err := poison.RulesFor(s.d.cfg.Routes, r.PoisonTopic, "", "")
+	if err != nil {
+		return 0, err
+	}
+	only := map[int32][]int64{}
+	for _, ref := range refs {
+		only[ref.Partition] = append(only[ref.Partition], ref.Offset)
+	}
+	recs, err := s.read(ctx, r.PoisonTopic, only)
+	if err != nil {
+		return 0, err
+	}
+	producer, err := s.syncProducer()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range recs {
+		plan := rules.Plan(record.ID(m.Topic, m.Partition, m.Offset), m.Headers)
+		if plan.Skip != "" {
+			return n, fmt.Errorf("%d/%d: %s", m.Partition, m.Offset, plan.Skip)
+		}
+		msg := &sarama.ProducerMessage{Topic: plan.Target, Headers: plan.Headers}
+		if m.Key != nil {
+			msg.Key = sarama.ByteEncoder(m.Key)
+		}
+		if m.Value != nil {
+			msg.Value = sarama.ByteEncoder(m.Value)
+		}
+		if _, _, err := producer.SendMessage(msg); err != nil {
+			return n, fmt.Errorf("replay %d/%d: %w", m.Partition, m.Offset, err)
+		}
+		n++
+	}
+	if n < len(refs) {
+		return n, fmt.Errorf("%d of the records are no longer in %s", len(refs)-n, r.PoisonTopic)
+	}
+	return n, nil
+}
+
+func (s *consoleSource) syncProducer() (sarama.SyncProducer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.producer == nil {
+		p, err := sarama.NewSyncProducer(s.d.kafka.Brokers(), s.d.kafka.Publisher())
+		if err != nil {
+			return nil, fmt.Errorf("connect producer: %w", err)
+		}
+		s.producer = p
+	}
+	return s.producer, nil
+}
+
+func (s *consoleSource) Sent(ctx context.Context, user string) ([]console.Sent, error) {
+	l := s.d.opened.Load()
+	if l == nil {
+		return nil, errors.New("the ledger is not open")
+	}
+	key := handlers.WelcomeTemplate + "/" + user
+	type found struct {
+		e  ledger.Entry
+		ok bool
+	}
+	f, err := inTime(ctx, func() (found, error) {
+		e, ok, err := (*l).Lookup(key)
+		return found{e, ok}, err
+	})
+	if err != nil || !f.ok {
+		return nil, err
+	}
+	return []console.Sent{{Template: handlers.WelcomeTemplate, EventID: f.e.EventID, Channel: f.e.Channel, SentAt: f.e.SentAt, Published: f.e.Published}}, nil
+}
+
+// failures keeps a route's last failed attempts for the console.
+type failures struct {
+	mu   sync.Mutex
+	last []console.Error
+}
+
+// maxFailures bounds the attempts a route keeps.
+const maxFailures = 20
+
+func (f *failures) add(msg *message.Message, err error) {
+	if f == nil {
+		return
+	}
+	e := console.Error{Time: time.Now(), CorrelationID: middleware.MessageCorrelationID(msg), Message: err.Error()}
+	if o, ok := record.OriginFrom(msg.Context()); ok {
+		e.Record = o.Topic + "/" + strconv.Itoa(int(o.Partition)) + "/" + strconv.FormatInt(o.Offset, 10)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last = append([]console.Error{e}, f.last...)
+	if len(f.last) > maxFailures {
+		f.last = f.last[:maxFailures]
+	}
+}
+
+func (f *failures) list() []console.Error {
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.last)
+}
