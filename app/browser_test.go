@@ -187,21 +187,30 @@ func TestConsoleReadOnlyInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("drives a browser")
 	}
-	ctx := newBrowser(t)
-	brokers := []string{kafkatest.Embedded(t)}
-	r := newRoute()
-	d := startDaemon(t, testConfig(t, brokers, r, "ops:\n  enabled: true\n  listen: 127.0.0.1:0\n"), app.Options{Notifier: &recorder{}})
-	base := "http://" + d.OpsAddr()
-	kafkatest.Produce(t, brokers, r.in, kafkatest.Record{Value: []byte("not json")})
-	var buttons int
-	run(t, ctx, time.Minute, "the read-only explorer",
-		chromedp.Navigate(base+"/"),
-		waitPage(field("welcome", "poisoned")+" >= 1"),
-		chromedp.Navigate(base+"/poison/welcome"),
-		waitPage(`document.querySelectorAll('table.poison tbody tr').length === 1`),
-		waitPage(`document.querySelector('.badge').textContent === 'read-only'`),
-		chromedp.Evaluate(`document.querySelectorAll('form[method="post"]').length`, &buttons))
-	if buttons != 0 {
-		t.Errorf("got %d forms that change something on a read-only console; want none", buttons)
-	}
+	kafkatest.Each(t, func(t *testing.T, k kafkatest.Target) {
+		ctx := newBrowser(t)
+		r := newRoute()
+		d := startDaemon(t, testConfig(t, k.Brokers, r, "ops:\n  enabled: true\n  listen: 127.0.0.1:0\n"), app.Options{Notifier: &recorder{}})
+		base := "http://" + d.OpsAddr()
+		kafkatest.Produce(t, k.Brokers, r.in, kafkatest.Record{Value: []byte("not json")})
+		var forms int
+		run(t, ctx, time.Minute, "the read-only explorer",
+			chromedp.Navigate(base+"/"),
+			waitPage(field("welcome", "poisoned")+" >= 1"),
+			chromedp.Navigate(base+"/poison/welcome"),
+			waitPage(`document.querySelectorAll('table.poison tbody tr').length === 1`),
+			waitPage(`document.querySelector('.badge').textContent === 'read-only'`),
+			chromedp.Evaluate(`document.querySelectorAll('form[method="post"]').length`, &forms))
+		if forms != 0 {
+			t.Errorf("got %d forms that change something on a read-only console; want none", forms)
+		}
+		// A replay asked for anyway is refused.
+		var status int
+		run(t, ctx, 30*time.Second, "a replay on a read-only console",
+			chromedp.Evaluate(`fetch('/poison/welcome/replay', {method: 'POST', body: new URLSearchParams({ref: '0/0', confirm: 'yes'})}).then(r => r.status)`, &status,
+				func(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.WithAwaitPromise(true) }))
+		if status != http.StatusForbidden {
+			t.Errorf("got %d for a replay on a read-only console; want 403", status)
+		}
+	})
 }

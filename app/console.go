@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -30,12 +31,16 @@ import (
 // consoleSource is what the console reads and does, from the running
 // daemon and the brokers.
 type consoleSource struct {
-	d      *Daemon
+	d *Daemon
+	// mask hides email addresses in what a console without a token shows
+	// to whoever reaches it.
+	mask   bool
 	client sarama.Client
 	admin  sarama.ClusterAdmin
 
 	mu       sync.Mutex
 	producer sarama.SyncProducer
+	reader   sarama.Consumer
 }
 
 var _ console.Source = (*consoleSource)(nil)
@@ -45,6 +50,9 @@ func (s *consoleSource) close() {
 	defer s.mu.Unlock()
 	if s.producer != nil {
 		_ = s.producer.Close()
+	}
+	if s.reader != nil {
+		_ = s.reader.Close()
 	}
 }
 
@@ -58,6 +66,11 @@ func (s *consoleSource) Routes() []console.Route {
 			Retried:  counterValue(d.metrics.retried.WithLabelValues(r.Name)),
 			Poisoned: counterValue(d.metrics.poisoned.WithLabelValues(r.Name)),
 			Errors:   d.failures[r.Name].list(),
+		}
+		if s.mask {
+			for i := range cr.Errors {
+				cr.Errors[i].Message = maskEmails(cr.Errors[i].Message)
+			}
 		}
 		sub := d.subs[r.Name]
 		select {
@@ -79,6 +92,9 @@ func (s *consoleSource) Routes() []console.Route {
 		}
 		if d.stopping.Load() {
 			cr.State = "draining"
+		}
+		if s.mask {
+			cr.Cause = maskEmails(cr.Cause)
 		}
 		out = append(out, cr)
 	}
@@ -182,6 +198,10 @@ func (s *consoleSource) Partitions(ctx context.Context, name string) ([]console.
 // explorer reads.
 const poisonScan = 1000
 
+// consoleIdle is how long a poison partition may send nothing before the
+// explorer takes it as read.
+const consoleIdle = 2 * time.Second
+
 // maxShown bounds a payload as the console shows it.
 const maxShown = 4096
 
@@ -212,6 +232,12 @@ func (s *consoleSource) Poisoned(ctx context.Context, name string, q console.Que
 			continue
 		}
 		p.Payload = pretty(m.Value)
+		if s.mask {
+			p.Payload, p.Reason, p.Key = maskEmails(p.Payload), maskEmails(p.Reason), maskEmails(p.Key)
+			for k, v := range p.Headers {
+				p.Headers[k] = maskEmails(v)
+			}
+		}
 		out = append(out, p)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -252,11 +278,10 @@ func (s *consoleSource) read(ctx context.Context, topic string, only map[int32][
 		if err != nil {
 			return nil, err
 		}
-		consumer, err := sarama.NewConsumerFromClient(s.client)
+		consumer, err := s.consumer()
 		if err != nil {
 			return nil, err
 		}
-		defer consumer.Close()
 		var out []*sarama.ConsumerMessage
 		for _, p := range partitions {
 			oldest, err := s.client.GetOffset(topic, p, sarama.OffsetOldest)
@@ -283,35 +308,51 @@ func (s *consoleSource) read(ctx context.Context, topic string, only map[int32][
 			if err != nil {
 				return nil, err
 			}
+			// Offsets may have gaps (transaction markers, compaction): a
+			// partition that sends nothing for a while has nothing more.
+			idle := time.NewTimer(consoleIdle)
+		records:
 			for next := from; next < end; {
 				select {
-				case m := <-pc.Messages():
+				case m, ok := <-pc.Messages():
+					if !ok {
+						// sarama closes it on an error it does not return,
+						// such as the offset falling out of retention.
+						idle.Stop()
+						return nil, fmt.Errorf("reading %s/%d stopped", topic, p)
+					}
 					next = m.Offset + 1
 					if only == nil || slices.Contains(want, m.Offset) {
 						out = append(out, m)
 					}
+					idle.Reset(consoleIdle)
 				case err := <-pc.Errors():
+					idle.Stop()
 					pc.AsyncClose()
 					return nil, err
+				case <-idle.C:
+					break records
 				case <-ctx.Done():
+					idle.Stop()
 					pc.AsyncClose()
 					return nil, ctx.Err()
 				}
 			}
+			idle.Stop()
 			pc.AsyncClose()
 		}
 		return out, nil
 	})
 }
 
-func (s *consoleSource) Replay(ctx context.Context, name string, refs []console.Ref) (int, error) {
+func (s *consoleSource) Replay(ctx context.Context, name string, refs []console.Ref) (int, []string, error) {
 	r, ok := s.route(name)
 	if !ok {
-		return 0, fmt.Errorf("no route %q", name)
+		return 0, nil, fmt.Errorf("no route %q", name)
 	}
 	rules, err := poison.RulesFor(s.d.cfg.Routes, r.PoisonTopic, "", "")
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	only := map[int32][]int64{}
 	for _, ref := range refs {
@@ -319,17 +360,32 @@ func (s *consoleSource) Replay(ctx context.Context, name string, refs []console.
 	}
 	recs, err := s.read(ctx, r.PoisonTopic, only)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	producer, err := s.syncProducer()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
+	var skipped []string
+	found := map[console.Ref]bool{}
 	n := 0
 	for _, m := range recs {
+		ref := console.Ref{Partition: m.Partition, Offset: m.Offset}
+		found[ref] = true
 		plan := rules.Plan(record.ID(m.Topic, m.Partition, m.Offset), m.Headers)
-		if plan.Skip != "" {
-			return n, fmt.Errorf("%d/%d: %s", m.Partition, m.Offset, plan.Skip)
+		handler := ""
+		for _, h := range m.Headers {
+			if h != nil && string(h.Key) == middleware.PoisonedHandlerKey {
+				handler = string(h.Value)
+			}
+		}
+		switch {
+		case handler != "" && handler != r.Name:
+			skipped = append(skipped, fmt.Sprintf("%d/%d: poisoned by route %s", m.Partition, m.Offset, handler))
+			continue
+		case plan.Skip != "":
+			skipped = append(skipped, fmt.Sprintf("%d/%d: %s", m.Partition, m.Offset, plan.Skip))
+			continue
 		}
 		msg := &sarama.ProducerMessage{Topic: plan.Target, Headers: plan.Headers}
 		if m.Key != nil {
@@ -339,21 +395,46 @@ func (s *consoleSource) Replay(ctx context.Context, name string, refs []console.
 			msg.Value = sarama.ByteEncoder(m.Value)
 		}
 		if _, _, err := producer.SendMessage(msg); err != nil {
-			return n, fmt.Errorf("replay %d/%d: %w", m.Partition, m.Offset, err)
+			return n, skipped, fmt.Errorf("replay %d/%d: %w", m.Partition, m.Offset, err)
 		}
 		n++
 	}
-	if n < len(refs) {
-		return n, fmt.Errorf("%d of the records are no longer in %s", len(refs)-n, r.PoisonTopic)
+	for _, ref := range refs {
+		if !found[ref] {
+			skipped = append(skipped, fmt.Sprintf("%d/%d: no longer in %s", ref.Partition, ref.Offset, r.PoisonTopic))
+		}
 	}
-	return n, nil
+	return n, skipped, nil
+}
+
+// consumer returns the console's consumer, on a client of its own: its
+// fetches must not wait in line with readiness and the lag metric.
+func (s *consoleSource) consumer() (sarama.Consumer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reader == nil {
+		c := s.d.kafka.Config()
+		c.ClientID = s.d.cfg.Kafka.ClientID + "-console"
+		c.Consumer.Return.Errors = true
+		c.Metadata.AllowAutoTopicCreation = false
+		consumer, err := sarama.NewConsumer(s.d.kafka.Brokers(), c)
+		if err != nil {
+			return nil, fmt.Errorf("connect consumer: %w", err)
+		}
+		s.reader = consumer
+	}
+	return s.reader, nil
 }
 
 func (s *consoleSource) syncProducer() (sarama.SyncProducer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.producer == nil {
-		p, err := sarama.NewSyncProducer(s.d.kafka.Brokers(), s.d.kafka.Publisher())
+		c := s.d.kafka.Publisher()
+		c.ClientID = s.d.cfg.Kafka.ClientID + "-console"
+		// A replay goes to a route's topic, which exists.
+		c.Metadata.AllowAutoTopicCreation = false
+		p, err := sarama.NewSyncProducer(s.d.kafka.Brokers(), c)
 		if err != nil {
 			return nil, fmt.Errorf("connect producer: %w", err)
 		}
@@ -415,3 +496,9 @@ func (f *failures) list() []console.Error {
 	defer f.mu.Unlock()
 	return slices.Clone(f.last)
 }
+
+// emailLike matches what could be an email address.
+var emailLike = regexp.MustCompile(`[^\s"'<>,;:@]+@[^\s"'<>,;:@]+`)
+
+// maskEmails hides anything like an email address: personal data.
+func maskEmails(v string) string { return emailLike.ReplaceAllString(v, "<email>") }

@@ -63,15 +63,15 @@ func (d *Daemon) startOps() (func(), error) {
 	addr := ln.Addr().String()
 	d.opsAddr.Store(&addr)
 	if ip := ln.Addr().(*net.TCPAddr).IP; token == "" && !ip.IsLoopback() {
-		d.logger.Warn("ops server listens beyond loopback without a token: anyone who reaches it can read the metrics and readiness; set ops.token_env or ops.token_file", "addr", addr)
+		d.logger.Warn("ops server listens beyond loopback without a token: anyone who reaches it can read the metrics, readiness and the console (poisoned payloads, with email addresses masked); set ops.token_env or ops.token_file", "addr", addr)
 	}
 	var web http.Handler
 	stopConsole := func() {}
 	if d.cfg.Ops.Console.Enabled {
-		src := &consoleSource{d: d, client: client, admin: admin}
+		src := &consoleSource{d: d, client: client, admin: admin, mask: token == ""}
 		c, err := console.New(console.Options{
 			Source: src, Token: token, AllowActions: d.cfg.Ops.Console.AllowActions,
-			Logger: d.logger.With("component", "console"), SampleEvery: d.consoleSample,
+			Logger: d.logger.With("component", "console"), SampleEvery: d.consoleSample, Hosts: d.cfg.Ops.Console.Hosts,
 		})
 		if err != nil {
 			ln.Close()

@@ -294,6 +294,10 @@ type Console struct {
 	// AllowActions lets a console without a token replay poisoned records;
 	// with a token, actions need a login and are always allowed.
 	AllowActions bool `yaml:"allow_actions"`
+	// Hosts are the host names, beside IP addresses and localhost, that
+	// the console answers to, such as the name of a proxy in front of it;
+	// other names are refused, against DNS rebinding.
+	Hosts []string `yaml:"hosts"`
 }
 
 // Tracing configures OpenTelemetry.

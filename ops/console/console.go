@@ -15,6 +15,7 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -47,6 +48,10 @@ type Options struct {
 	SampleEvery time.Duration
 	// Refresh is how often a page reloads its data; default 2s.
 	Refresh time.Duration
+	// Hosts are the names, beside IP addresses and localhost, that
+	// requests may use in their Host header: a page of another site that
+	// rebinds its name to this address is refused.
+	Hosts []string
 }
 
 // Console is the web console's handler.
@@ -105,6 +110,7 @@ func New(opts Options) (*Console, error) {
 	c.mux.HandleFunc("GET /routes/{route}", c.session(c.route))
 	c.mux.HandleFunc("GET /poison/{route}", c.session(c.poison))
 	c.mux.HandleFunc("POST /poison/{route}/replay", c.session(c.replay))
+	c.mux.HandleFunc("GET /poison/{route}/replayed", c.session(c.replayed))
 	c.mux.HandleFunc("GET /ledger", c.session(c.ledger))
 	c.sample()
 	go c.sampleLoop()
@@ -121,7 +127,55 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Referrer-Policy", "same-origin")
+	if !c.hostAllowed(r.Host) {
+		c.opts.Logger.Warn("console request refused: unknown host name", "remote", r.RemoteAddr)
+		http.Error(w, "this host name is not one the console answers to; add it to ops.console.hosts", http.StatusMisdirectedRequest)
+		return
+	}
+	if r.Method == http.MethodPost && !sameOrigin(r) {
+		c.opts.Logger.Warn("console request refused: posted from another origin", "remote", r.RemoteAddr, "path", r.URL.Path)
+		http.Error(w, "a change must come from the console's own pages", http.StatusForbidden)
+		return
+	}
 	c.mux.ServeHTTP(w, r)
+}
+
+// hostAllowed refuses Host headers of other sites, against DNS rebinding:
+// a name that resolves to this address but is not one of its own.
+func (c *Console) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if host == "" || net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	for _, h := range c.opts.Hosts {
+		if strings.EqualFold(h, host) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameOrigin says a POST came from the console's own pages: browsers send
+// Sec-Fetch-Site, or at least Origin, with every POST. A client that sends
+// neither (curl with the bearer token) is no browser a page can drive.
+func sameOrigin(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		return true
+	case "":
+	default:
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
 }
 
 func (c *Console) sampleLoop() {
@@ -198,10 +252,16 @@ func (c *Console) session(h func(w http.ResponseWriter, r *http.Request, s *sess
 			return
 		}
 		if s == nil {
-			s = c.sessions.create(false)
-			c.setCookie(w, s)
+			if !c.actions(nil) {
+				// A read-only console changes nothing: no session is kept
+				// for it, and a POST finds no CSRF token to match.
+				s = &session{id: "anonymous"}
+			} else {
+				s = c.sessions.create(false)
+				c.setCookie(w, s)
+			}
 		}
-		if r.Method == http.MethodPost && subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) != 1 {
+		if r.Method == http.MethodPost && (s.csrf == "" || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) != 1) {
 			c.opts.Logger.Warn("console request refused: missing or wrong CSRF token", "session", s.short(), "path", r.URL.Path, "remote", r.RemoteAddr)
 			http.Error(w, "missing or wrong CSRF token: reload the page and try again", http.StatusForbidden)
 			return
@@ -252,12 +312,20 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
-// safeNext keeps a redirect on this server.
+// safeNext keeps a redirect on this server: a path of its own, with no
+// scheme, host or control character a browser would read otherwise.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.Contains(next, "\\") {
+	if !strings.HasPrefix(next, "/") || strings.ContainsFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
 		return "/"
 	}
-	return next
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || !strings.HasPrefix(u.Path, "/") || strings.HasPrefix(u.Path, "//") {
+		return "/"
+	}
+	if u.RawQuery != "" {
+		return u.EscapedPath() + "?" + u.RawQuery
+	}
+	return u.EscapedPath()
 }
 
 // routeRow is a route on the overview.
@@ -384,7 +452,9 @@ type confirmView struct {
 }
 
 // replay replays one record (ref) or every record the filter matches
-// (all=1), after a confirmation that shows how many.
+// (all=1), after a confirmation that shows how many and carries exactly
+// those records, so that what is replayed is what was confirmed. The
+// result is a redirect, so that reloading it replays nothing again.
 func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 	rt, ok := c.find(r.PathValue("route"))
 	if !ok {
@@ -393,14 +463,26 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	if !c.actions(s) {
 		c.opts.Logger.Warn("console action refused: the console is read-only", "session", s.short(), "remote", r.RemoteAddr)
-		http.Error(w, "this console is read-only: set ops.token and log in, or ops.console.allow_actions: true", http.StatusForbidden)
+		http.Error(w, "this console is read-only: set ops.token_env or ops.token_file and log in, or ops.console.allow_actions: true", http.StatusForbidden)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	cv := confirmView{Route: rt, Reason: r.PostFormValue("reason"), Since: r.PostFormValue("since"), All: r.PostFormValue("all") == "1"}
 	var refs []Ref
-	if cv.All {
+	seen := map[Ref]bool{}
+	for _, raw := range r.PostForm["ref"] {
+		ref, err := parseRef(raw)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if !seen[ref] {
+			seen[ref] = true
+			refs = append(refs, ref)
+		}
+	}
+	if cv.All && r.PostFormValue("confirm") != "yes" {
 		q, _, err := poisonQuery(r.PostForm)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -412,33 +494,49 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 			http.Error(w, "the poison topic was not read: "+err.Error(), http.StatusBadGateway)
 			return
 		}
+		refs = refs[:0]
 		for _, p := range recs {
 			refs = append(refs, p.Ref)
 		}
-	} else {
-		for _, raw := range r.PostForm["ref"] {
-			ref, err := parseRef(raw)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			refs = append(refs, ref)
-			cv.Refs = append(cv.Refs, raw)
-		}
+	}
+	for _, ref := range refs {
+		cv.Refs = append(cv.Refs, fmt.Sprintf("%d/%d", ref.Partition, ref.Offset))
 	}
 	cv.Count = len(refs)
 	if r.PostFormValue("confirm") != "yes" {
 		c.render(w, r, http.StatusOK, "confirm", view{Title: "Replay", Session: s, Actions: true, LoggedIn: c.opts.Token != "", Data: cv})
 		return
 	}
-	n, err := c.opts.Source.Replay(ctx, rt.Name, refs)
+	sent, skipped, err := c.opts.Source.Replay(ctx, rt.Name, refs)
 	c.opts.Logger.Info("console action", "action", "replay", "session", s.short(), "remote", r.RemoteAddr,
-		"route", rt.Name, "records", len(refs), "replayed", n, "reason_filter", cv.Reason, "since", cv.Since, "err", errText(err))
-	msg := fmt.Sprintf("Replayed %d of %d record(s) to %s.", n, len(refs), rt.Topic)
-	if err != nil {
-		msg += " Stopped: " + err.Error()
+		"route", rt.Name, "records", len(refs), "replayed", sent, "skipped", len(skipped),
+		"reason_filter", cv.Reason != "", "since", cv.Since, "err", errText(err))
+	q := url.Values{"sent": {strconv.Itoa(sent)}, "of": {strconv.Itoa(len(refs))}}
+	for _, why := range skipped {
+		q.Add("skipped", why)
 	}
-	c.render(w, r, http.StatusOK, "done", view{Title: "Replayed", Session: s, Actions: true, LoggedIn: c.opts.Token != "", Message: msg, Data: rt})
+	if err != nil {
+		q.Set("err", err.Error())
+	}
+	http.Redirect(w, r, "/poison/"+url.PathEscape(rt.Name)+"/replayed?"+q.Encode(), http.StatusSeeOther)
+}
+
+// replayed shows what a replay did.
+func (c *Console) replayed(w http.ResponseWriter, r *http.Request, s *session) {
+	rt, ok := c.find(r.PathValue("route"))
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	q := r.URL.Query()
+	msg := fmt.Sprintf("Replayed %s of %s record(s) to %s.", q.Get("sent"), q.Get("of"), rt.Topic)
+	if skipped := q["skipped"]; len(skipped) > 0 {
+		msg += fmt.Sprintf(" Skipped %d: %s.", len(skipped), strings.Join(skipped, "; "))
+	}
+	if e := q.Get("err"); e != "" {
+		msg += " Stopped: " + e
+	}
+	c.render(w, r, http.StatusOK, "done", view{Title: "Replayed", Session: s, Actions: c.actions(s), LoggedIn: c.opts.Token != "", Message: msg, Data: rt})
 }
 
 // maxReplay bounds a replay of every matching record.

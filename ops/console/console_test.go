@@ -47,11 +47,11 @@ func (f *fakeSource) Poisoned(_ context.Context, _ string, q console.Query) ([]c
 	return out, nil
 }
 
-func (f *fakeSource) Replay(_ context.Context, _ string, refs []console.Ref) (int, error) {
+func (f *fakeSource) Replay(_ context.Context, _ string, refs []console.Ref) (int, []string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.replayed = append(f.replayed, refs...)
-	return len(refs), nil
+	return len(refs), nil, nil
 }
 
 func (f *fakeSource) Sent(_ context.Context, user string) ([]console.Sent, error) {
@@ -142,7 +142,11 @@ func TestConsoleWithToken(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, "Replay 1 record(s)") {
 		t.Fatalf("got %d; want a confirmation for 1 record:\n%s", code, body)
 	}
-	code, body = fetch(t, c, http.MethodPost, srv.URL+"/poison/welcome/replay", url.Values{"csrf": {csrf}, "all": {"1"}, "reason": {"JSON"}, "confirm": {"yes"}})
+	// The confirmation carries the records it counted.
+	if !strings.Contains(body, `name="ref" value="0/2"`) {
+		t.Fatalf("the confirmation does not carry record 0/2:\n%s", body)
+	}
+	code, body = fetch(t, c, http.MethodPost, srv.URL+"/poison/welcome/replay", url.Values{"csrf": {csrf}, "all": {"1"}, "reason": {"JSON"}, "ref": {"0/2"}, "confirm": {"yes"}})
 	if code != http.StatusOK || !strings.Contains(body, "Replayed 1 of 1 record(s)") {
 		t.Fatalf("got %d; want the replay done:\n%s", code, body)
 	}
@@ -197,6 +201,70 @@ func TestConsoleWithoutToken(t *testing.T) {
 				t.Errorf("replayed %d; want %d", len(src.replayed), tt.replays)
 			}
 		})
+	}
+}
+
+func TestConsoleRefusesOtherSites(t *testing.T) {
+	srv, src, _ := start(t, console.Options{AllowActions: true, Hosts: []string{"router.internal"}})
+	u, _ := url.Parse(srv.URL)
+	_, port, _ := strings.Cut(u.Host, ":")
+	tests := []struct {
+		name, host, origin, site string
+		method                   string
+		want                     int
+	}{
+		{"IP address", u.Host, "", "", http.MethodGet, http.StatusOK},
+		{"localhost", "localhost:" + port, "", "", http.MethodGet, http.StatusOK},
+		{"a configured name", "router.internal:" + port, "", "", http.MethodGet, http.StatusOK},
+		{"a rebound name", "attacker.example:" + port, "", "", http.MethodGet, http.StatusMisdirectedRequest},
+		{"a post from another origin", u.Host, "http://localhost:3000", "", http.MethodPost, http.StatusForbidden},
+		{"a post another site makes", u.Host, "", "cross-site", http.MethodPost, http.StatusForbidden},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, srv.URL+"/poison/welcome/replay", strings.NewReader("ref=0/1&confirm=yes"))
+			if tt.method == http.MethodGet {
+				req, _ = http.NewRequest(tt.method, srv.URL+"/", nil)
+			}
+			req.Host = tt.host
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			if tt.origin != "" {
+				req.Header.Set("Origin", tt.origin)
+			}
+			if tt.site != "" {
+				req.Header.Set("Sec-Fetch-Site", tt.site)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("got %d; want %d", resp.StatusCode, tt.want)
+			}
+		})
+	}
+	if len(src.replayed) != 0 {
+		t.Errorf("replayed %v; want nothing", src.replayed)
+	}
+}
+
+func TestSafeNext(t *testing.T) {
+	srv, _, _ := start(t, console.Options{Token: "tok"})
+	c := browser(t)
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for _, next := range []string{"//evil.example/", "/\t/evil.example", "/%09/evil.example", "https://evil.example/", "/\\evil.example", "/routes/welcome?x=1"} {
+		resp, err := c.PostForm(srv.URL+"/login", url.Values{"token": {"tok"}, "next": {next}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc := resp.Header.Get("Location")
+		onSite := strings.HasPrefix(loc, "/") && !strings.HasPrefix(loc, "//") &&
+			!strings.ContainsAny(loc, "\t\n\r\\") && !strings.Contains(loc, "://")
+		if !onSite || next == "/routes/welcome?x=1" && loc != next {
+			t.Errorf("next %q: redirected to %q; want a path of this server", next, loc)
+		}
 	}
 }
 

@@ -15,9 +15,9 @@ type Source interface {
 	// first, and how many records of the poison topic it looked at.
 	Poisoned(ctx context.Context, route string, q Query) ([]Poisoned, error)
 	// Replay sends the route's poisoned records refs back to the topic
-	// they failed on, for the route that poisoned them, and returns how
-	// many it sent.
-	Replay(ctx context.Context, route string, refs []Ref) (int, error)
+	// they failed on, for the route that poisoned them. It returns how many
+	// it sent and, for each it did not, why; it goes on past those.
+	Replay(ctx context.Context, route string, refs []Ref) (sent int, skipped []string, err error)
 	// Sent returns what the ledger recorded as sent to user, by template.
 	Sent(ctx context.Context, user string) ([]Sent, error)
 }

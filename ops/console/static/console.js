@@ -1,5 +1,5 @@
-// Refreshes the page's live part in place, unless the reader is typing in
-// it or has opened a detail.
+// Refreshes the page's live part in place, one request at a time, unless
+// the reader is typing in it, has opened a detail, or is confirming.
 (function () {
   "use strict";
   var every = parseInt(document.body.dataset.refresh, 10) || 2000;
@@ -8,14 +8,18 @@
   function busy() {
     var a = document.activeElement;
     return (a && a !== document.body && live.contains(a) && (a.tagName === "INPUT" || a.tagName === "SELECT" || a.tagName === "TEXTAREA")) ||
-      live.querySelector("details[open]") !== null;
+      live.querySelector("details[open]") !== null || document.getElementById("confirm") !== null;
   }
+  function next() { setTimeout(refresh, every); }
   function refresh() {
-    if (document.hidden || busy() || document.querySelector("form[method=post] button#confirm")) return;
-    fetch(location.href, { headers: { "X-Console-Partial": "1" }, credentials: "same-origin" })
-      .then(function (r) { if (r.ok && !r.redirected) return r.text(); throw new Error(r.status); })
-      .then(function (html) { live.innerHTML = html; document.body.dataset.updated = String(Date.now()); })
-      .catch(function () {});
+    if (document.hidden || busy()) { next(); return; }
+    var ctl = new AbortController();
+    var timer = setTimeout(function () { ctl.abort(); }, Math.max(every * 5, 10000));
+    fetch(location.href, { headers: { "X-Console-Partial": "1" }, credentials: "same-origin", signal: ctl.signal })
+      .then(function (r) { if (r.ok && !r.redirected) return r.text(); throw new Error(String(r.status)); })
+      .then(function (html) { if (!busy()) { live.innerHTML = html; document.body.dataset.updated = String(Date.now()); } })
+      .catch(function () {})
+      .then(function () { clearTimeout(timer); next(); });
   }
-  setInterval(refresh, every);
+  next();
 })();
