@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -21,6 +20,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/events"
 	"github.com/eventrouter/eventrouter/handlers"
 	"github.com/eventrouter/eventrouter/kafka/poison"
 	"github.com/eventrouter/eventrouter/kafka/record"
@@ -69,7 +69,7 @@ func (s *consoleSource) Routes() []console.Route {
 		}
 		if s.mask {
 			for i := range cr.Errors {
-				cr.Errors[i].Message = maskEmails(cr.Errors[i].Message)
+				cr.Errors[i].Message = events.MaskEmails(cr.Errors[i].Message)
 			}
 		}
 		sub := d.subs[r.Name]
@@ -94,7 +94,7 @@ func (s *consoleSource) Routes() []console.Route {
 			cr.State = "draining"
 		}
 		if s.mask {
-			cr.Cause = maskEmails(cr.Cause)
+			cr.Cause = events.MaskEmails(cr.Cause)
 		}
 		out = append(out, cr)
 	}
@@ -144,14 +144,7 @@ func (s *consoleSource) Partitions(ctx context.Context, name string) ([]console.
 		return nil, fmt.Errorf("no route %q", name)
 	}
 	return inTime(ctx, func() ([]console.Partition, error) {
-		if err := s.client.RefreshMetadata(r.SubscribeTopic); err != nil {
-			return nil, err
-		}
-		partitions, err := s.client.Partitions(r.SubscribeTopic)
-		if err != nil {
-			return nil, err
-		}
-		committed, err := s.admin.ListConsumerGroupOffsets(r.ConsumerGroup, map[string][]int32{r.SubscribeTopic: partitions})
+		offsets, err := groupOffsets(s.client, s.admin, r)
 		if err != nil {
 			return nil, err
 		}
@@ -168,26 +161,10 @@ func (s *consoleSource) Partitions(ctx context.Context, name string) ([]console.
 				mine[st.Partition] = p
 			}
 		}
-		var out []console.Partition
-		for _, p := range partitions {
-			end, err := s.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetNewest)
-			if err != nil {
-				return nil, err
-			}
-			cp := mine[p]
-			cp.Partition, cp.End, cp.Committed = p, end, -1
-			if b := committed.GetBlock(r.SubscribeTopic, p); b != nil && b.Offset >= 0 {
-				cp.Committed = b.Offset
-			}
-			from := cp.Committed
-			if from < 0 {
-				if r.StartFrom == "latest" {
-					from = end
-				} else if from, err = s.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetOldest); err != nil {
-					return nil, err
-				}
-			}
-			cp.Lag = max(end-from, 0)
+		out := make([]console.Partition, 0, len(offsets))
+		for _, o := range offsets {
+			cp := mine[o.partition]
+			cp.Partition, cp.Committed, cp.End, cp.Lag = o.partition, o.committed, o.end, o.lag
 			out = append(out, cp)
 		}
 		return out, nil
@@ -233,9 +210,9 @@ func (s *consoleSource) Poisoned(ctx context.Context, name string, q console.Que
 		}
 		p.Payload = pretty(m.Value)
 		if s.mask {
-			p.Payload, p.Reason, p.Key = maskEmails(p.Payload), maskEmails(p.Reason), maskEmails(p.Key)
+			p.Payload, p.Reason, p.Key = events.MaskEmails(p.Payload), events.MaskEmails(p.Reason), events.MaskEmails(p.Key)
 			for k, v := range p.Headers {
-				p.Headers[k] = maskEmails(v)
+				p.Headers[k] = events.MaskEmails(v)
 			}
 		}
 		out = append(out, p)
@@ -496,9 +473,3 @@ func (f *failures) list() []console.Error {
 	defer f.mu.Unlock()
 	return slices.Clone(f.last)
 }
-
-// emailLike matches what could be an email address.
-var emailLike = regexp.MustCompile(`[^\s"'<>,;:@]+@[^\s"'<>,;:@]+`)
-
-// maskEmails hides anything like an email address: personal data.
-func maskEmails(v string) string { return emailLike.ReplaceAllString(v, "<email>") }

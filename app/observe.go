@@ -235,40 +235,65 @@ func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c *lagCollector) collectRoute(r config.Route, ch chan<- prometheus.Metric) error {
-	if err := c.client.RefreshMetadata(r.SubscribeTopic); err != nil {
-		return err
-	}
-	partitions, err := c.client.Partitions(r.SubscribeTopic)
+	offsets, err := groupOffsets(c.client, c.admin, r)
 	if err != nil {
 		return err
 	}
-	committed, err := c.admin.ListConsumerGroupOffsets(r.ConsumerGroup, map[string][]int32{r.SubscribeTopic: partitions})
-	if err != nil {
-		return err
-	}
-	for _, p := range partitions {
-		end, err := c.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetNewest)
-		if err != nil {
-			return err
-		}
-		from := int64(-1)
-		if b := committed.GetBlock(r.SubscribeTopic, p); b != nil {
-			from = b.Offset
-		}
-		if from < 0 && r.StartFrom == "latest" {
-			// Nothing committed: the group will start at the end.
-			from = end
-		}
-		if from < 0 {
-			// Nothing committed: a new group starts at the oldest record.
-			if from, err = c.client.GetOffset(r.SubscribeTopic, p, sarama.OffsetOldest); err != nil {
-				return err
-			}
-		}
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(max(end-from, 0)),
-			r.Name, r.SubscribeTopic, strconv.Itoa(int(p)))
+	for _, o := range offsets {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(o.lag),
+			r.Name, r.SubscribeTopic, strconv.Itoa(int(o.partition)))
 	}
 	return nil
+}
+
+// partitionOffsets are where a route's consumer group stands on one
+// partition.
+type partitionOffsets struct {
+	partition int32
+	// committed is the group's committed offset, -1 when none.
+	committed, end, lag int64
+}
+
+// groupOffsets reads, for every partition of route r's topic, its end
+// offset and the group's committed offset, and the lag between them. A
+// partition the group has not committed counts from where the group will
+// start: the oldest record, or the end with start_from: latest.
+func groupOffsets(client sarama.Client, admin sarama.ClusterAdmin, r config.Route) ([]partitionOffsets, error) {
+	if err := client.RefreshMetadata(r.SubscribeTopic); err != nil {
+		return nil, err
+	}
+	partitions, err := client.Partitions(r.SubscribeTopic)
+	if err != nil {
+		return nil, err
+	}
+	committed, err := admin.ListConsumerGroupOffsets(r.ConsumerGroup, map[string][]int32{r.SubscribeTopic: partitions})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]partitionOffsets, 0, len(partitions))
+	for _, p := range partitions {
+		end, err := client.GetOffset(r.SubscribeTopic, p, sarama.OffsetNewest)
+		if err != nil {
+			return nil, err
+		}
+		o := partitionOffsets{partition: p, committed: -1, end: end}
+		if b := committed.GetBlock(r.SubscribeTopic, p); b != nil && b.Offset >= 0 {
+			o.committed = b.Offset
+		}
+		from := o.committed
+		switch {
+		case from >= 0:
+		case r.StartFrom == "latest":
+			from = end
+		default:
+			if from, err = client.GetOffset(r.SubscribeTopic, p, sarama.OffsetOldest); err != nil {
+				return nil, err
+			}
+		}
+		o.lag = max(end-from, 0)
+		out = append(out, o)
+	}
+	return out, nil
 }
 
 // timedLedger times each Record: it starts as soon as a notification was

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
 
 	"github.com/eventrouter/eventrouter/config"
+	"github.com/eventrouter/eventrouter/events"
 	"github.com/eventrouter/eventrouter/kafka/client"
 	"github.com/eventrouter/eventrouter/kafka/poison"
 )
@@ -387,10 +387,6 @@ func (r *replayer) record(m *sarama.ConsumerMessage, producer sarama.SyncProduce
 	return false, nil
 }
 
-// emailLike matches what could be an email address, which an excerpt
-// hides: it is personal data.
-var emailLike = regexp.MustCompile(`[^\s"'<>,;:@]+@[^\s"'<>,;:@]+`)
-
 // excerpt quotes at most n bytes of v, with anything like an email
 // address hidden, saying how much was left out.
 func excerpt(v []byte, n int) string {
@@ -398,5 +394,5 @@ func excerpt(v []byte, n int) string {
 	if len(v) > n {
 		v, cut = v[:n], fmt.Sprintf("... (%d bytes)", len(v))
 	}
-	return fmt.Sprintf("%q%s", emailLike.ReplaceAll(v, []byte("<email>")), cut)
+	return fmt.Sprintf("%q%s", events.MaskEmails(string(v)), cut)
 }
