@@ -315,17 +315,27 @@ func (c *int64counter) get() int64 {
 // committed returns the group's committed offset of topic/partition, or -1.
 func committed(t *testing.T, brokers []string, group, topic string, partition int32) int64 {
 	t.Helper()
+	off, err := committedOffset(brokers, group, topic, partition)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return off
+}
+
+// committedOffset is committed that returns its error, for conditions
+// polled while the group may not exist yet.
+func committedOffset(brokers []string, group, topic string, partition int32) (int64, error) {
 	admin, err := sarama.NewClusterAdmin(brokers, kafkatest.Config())
 	if err != nil {
-		t.Fatalf("connect admin to %v: %v", brokers, err)
+		return 0, fmt.Errorf("connect admin to %v: %w", brokers, err)
 	}
 	defer admin.Close()
 	resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: {partition}})
 	if err != nil {
-		t.Fatalf("offsets of group %s: %v", group, err)
+		return 0, fmt.Errorf("offsets of group %s: %w", group, err)
 	}
 	if b := resp.GetBlock(topic, partition); b != nil {
-		return b.Offset
+		return b.Offset, nil
 	}
-	return -1
+	return -1, nil
 }
