@@ -1,5 +1,5 @@
 # The README's commands. `make test` is what CI runs.
-.PHONY: build run test fuzz bench bench-embedded bench-short kafka-start kafka-stop
+.PHONY: build run test fuzz bench bench-embedded bench-short kafka-start kafka-stop kafka-cluster-start kafka-cluster-stop
 
 build:
 	go build -o eventrouter .
@@ -35,3 +35,11 @@ kafka-start:
 
 kafka-stop:
 	scripts/kafka.sh stop
+
+# A three-node Kafka cluster (RF 3, min.insync.replicas=2) on 19092, 19192
+# and 19292, as the failover tests use.
+kafka-cluster-start:
+	scripts/kafka.sh cluster start
+
+kafka-cluster-stop:
+	scripts/kafka.sh cluster stop

@@ -52,7 +52,7 @@ func (d *Daemon) startOps() (func(), error) {
 		client.Close()
 		return nil, fmt.Errorf("ops admin client: %w", err)
 	}
-	d.probe = client
+	d.probe, d.probeAdmin, d.minISR = client, admin, map[string]int{}
 	d.prom.MustRegister(newLagCollector(client, admin, d.cfg.Routes, d.logger))
 
 	ln, err := net.Listen("tcp", d.cfg.Ops.Listen)
@@ -107,8 +107,8 @@ func (d *Daemon) startOps() (func(), error) {
 }
 
 // ready checks that the router runs and is not stopping, that every route
-// takes part in its consumer group, and that the broker and the shared
-// ledger's database answer.
+// takes part in its consumer group, that the Kafka cluster can serve the
+// routes (checkKafka), and that the shared ledger's database answers.
 func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 	checks := map[string]string{}
 	select {
@@ -132,33 +132,26 @@ func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 		}
 		checks["route "+r.Name] = state
 	}
-	checks["kafka"] = d.pingKafka(ctx)
+	k := d.checkKafka(ctx)
+	checks["kafka"] = "ok"
+	if k.problem != "" {
+		checks["kafka"] = k.problem
+	}
+	var degraded map[string]string
+	if k.degraded != "" {
+		degraded = map[string]string{"kafka": k.degraded}
+	}
 	if l := d.shared.Load(); l != nil {
 		checks["ledger"] = "ok"
 		if err := l.Ping(ctx); err != nil {
 			checks["ledger"] = "database does not answer: " + err.Error()
 		}
 	}
-	rd := ops.Readiness{Ready: true, Checks: checks}
+	rd := ops.Readiness{Ready: true, Checks: checks, Degraded: degraded}
 	for _, v := range checks {
 		if v != "ok" {
 			rd.Ready = false
 		}
 	}
 	return rd
-}
-
-// pingKafka asks a broker for metadata, within ctx.
-func (d *Daemon) pingKafka(ctx context.Context) string {
-	done := make(chan error, 1)
-	go func() { done <- d.probe.RefreshMetadata() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return "broker does not answer: " + err.Error()
-		}
-		return "ok"
-	case <-ctx.Done():
-		return "broker does not answer in time"
-	}
 }

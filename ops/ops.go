@@ -20,6 +20,9 @@ type Readiness struct {
 	Ready bool `json:"ready"`
 	// Checks maps each check's name to "ok" or what is wrong.
 	Checks map[string]string `json:"checks"`
+	// Degraded maps a check that passed to what is down that the daemon
+	// can do without for now, such as one broker of three.
+	Degraded map[string]string `json:"degraded,omitempty"`
 }
 
 // Options configure the handler.

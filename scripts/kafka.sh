@@ -3,6 +3,17 @@
 # controller) from the jars Maven resolves, without Docker.
 #
 #   scripts/kafka.sh start|stop|status|logs|bootstrap|secure
+#   scripts/kafka.sh cluster start|stop|status|bootstrap|logs NODE
+#   scripts/kafka.sh cluster kill NODE|stop NODE|start NODE|restart NODE
+#
+# `cluster` runs three such nodes instead, for the failover tests: three
+# JVMs, each a broker and a controller (combined mode), the three of them
+# the controller quorum's voters, with replication factor 3,
+# min.insync.replicas=2 and the offsets topic replicated three times, as a
+# production cluster is set. Only PLAINTEXT listeners. `kill NODE` sends
+# SIGKILL (a crash); `stop NODE` a SIGTERM (a controlled shutdown, as in a
+# rolling restart); `start NODE` starts a stopped node and waits until it
+# has rejoined; `restart NODE` is stop then start.
 #
 # Beside the PLAINTEXT listener the broker has three for the tests of
 # connecting to a secured cluster: SASL_SSL (SCRAM-SHA-256, SCRAM-SHA-512
@@ -21,6 +32,11 @@
 #   KAFKA_STATE_DIR   pid file, logs and data (default /tmp/eventrouter-kafka-$KAFKA_PORT)
 #   KAFKA_CACHE_DIR   where the jars are kept between runs (default ~/.cache/eventrouter)
 #   KAFKA_HEAP        JVM heap (default 512m)
+#   KAFKA_CLUSTER_PORT     PLAINTEXT port of cluster node 1; node N listens on
+#                          KAFKA_CLUSTER_PORT+100*(N-1), its controller one above
+#                          (default 19092: 19092, 19192, 19292)
+#   KAFKA_CLUSTER_STATE_DIR  the cluster's state (default /tmp/eventrouter-kafka-cluster-$KAFKA_CLUSTER_PORT)
+#   KAFKA_CLUSTER_HEAP     each cluster node's JVM heap (default 384m)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -67,7 +83,7 @@ fetch() {
 
 kafka_java() {
   java -Xms128m -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$state/log4j2.properties" -cp "$libs/*" "$@"
+    -Dlog4j2.configurationFile="${tool_log4j:-$state/log4j2.properties}" -cp "$libs/*" "$@"
 }
 
 # credentials makes the passwords once (they are in the formatted storage)
@@ -149,11 +165,18 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 PROPS
-  cat >"$state/log4j2.properties" <<PROPS
+  configure_logging "$state/log4j2.properties" "$logfile"
+}
+
+# configure_logging writes log settings to $1 that log to $2: warnings,
+# and the start line.
+configure_logging() {
+  mkdir -p "$(dirname "$1")"
+  cat >"$1" <<PROPS
 status = warn
 appender.file.type = File
 appender.file.name = file
-appender.file.fileName = $logfile
+appender.file.fileName = $2
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = info
@@ -239,7 +262,179 @@ stop() {
   echo "kafka.sh: Kafka stopped"
 }
 
+# The three-node cluster. Node N's files are in $cstate/nodeN.
+cbase=${KAFKA_CLUSTER_PORT:-19092}
+cstate=${KAFKA_CLUSTER_STATE_DIR:-/tmp/eventrouter-kafka-cluster-$cbase}
+cheap=${KAFKA_CLUSTER_HEAP:-384m}
+cnodes=(1 2 3)
+
+cport() { echo $((cbase + 100 * ($1 - 1))); }
+ccport() { echo $((cbase + 100 * ($1 - 1) + 1)); }
+cdir() { echo "$cstate/node$1"; }
+crunning() { [[ -f "$(cdir "$1")/kafka.pid" ]] && kill -0 "$(cat "$(cdir "$1")/kafka.pid")" 2>/dev/null; }
+cbootstrap() {
+  local n out=()
+  for n in "${cnodes[@]}"; do out+=("127.0.0.1:$(cport "$n")"); done
+  (IFS=,; echo "${out[*]}")
+}
+cnode() {
+  [[ ${1:-} =~ ^[123]$ ]] || die "cluster: NODE is 1, 2 or 3, not '${1:-}'"
+}
+
+cconfigure() {
+  local n=$1 dir voters="" v
+  dir=$(cdir "$n")
+  for v in "${cnodes[@]}"; do voters+="${voters:+,}$v@127.0.0.1:$(ccport "$v")"; done
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$(cport "$n"),CONTROLLER://127.0.0.1:$(ccport "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(cport "$n")
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+# As production is set: every partition on all three nodes, and a write
+# acknowledged (acks=all) only once two of them have it.
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+unclean.leader.election.enable=false
+num.partitions=1
+auto.create.topics.enable=true
+group.initial.rebalance.delay.ms=0
+# Sized for a 2-core machine that runs three of these.
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+num.replica.fetchers=1
+log.cleaner.threads=1
+PROPS
+  configure_logging "$dir/log4j2.properties" "$dir/kafka.log"
+}
+
+# cstart_node starts node n's JVM, formatting its storage the first time.
+cstart_node() {
+  local n=$1 dir
+  dir=$(cdir "$n")
+  if crunning "$n"; then return; fi
+  port_open "$(cport "$n")" && die "127.0.0.1:$(cport "$n") is taken by another process; stop it or set KAFKA_CLUSTER_PORT"
+  cconfigure "$n"
+  if [[ ! -f "$dir/data/meta.properties" ]]; then
+    kafka_java kafka.tools.StorageTool format -t "$(cat "$cstate/cluster.id")" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+      || { cat "$dir/format.log" >&2; die "formatting node $n's KRaft storage failed"; }
+  fi
+  : >"$dir/kafka.log"
+  nohup java -Xms128m -Xmx"$cheap" -XX:+UseG1GC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$libs/*" \
+    kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  echo $! >"$dir/kafka.pid"
+}
+
+# cwait waits until node n has started: it has caught up with the
+# controllers' metadata and been unfenced, which it logs as started.
+cwait() {
+  local n=$1 deadline=$((SECONDS + $2)) dir
+  dir=$(cdir "$n")
+  while ((SECONDS < deadline)); do
+    crunning "$n" || { tail -n 40 "$dir/stdout.log" "$dir/kafka.log" >&2; die "cluster node $n exited while starting"; }
+    if port_open "$(cport "$n")" && grep -q "Kafka Server started" "$dir/kafka.log"; then
+      return
+    fi
+    sleep 0.5
+  done
+  tail -n 40 "$dir/stdout.log" "$dir/kafka.log" >&2
+  die "cluster node $n did not start within $2 s"
+}
+
+# cstop_node ends node n: with SIGTERM, a controlled shutdown that first
+# moves its partitions' leadership away; with KILL, a crash.
+cstop_node() {
+  local n=$1 sig=${2:-TERM} pid dir
+  dir=$(cdir "$n")
+  if ! crunning "$n"; then rm -f "$dir/kafka.pid"; return; fi
+  pid=$(cat "$dir/kafka.pid")
+  kill -s "$sig" "$pid"
+  for _ in $(seq 1 120); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "kafka.sh: cluster node $n (pid $pid) ignored SIG$sig for 30 s; killing it" >&2
+    kill -9 "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  fi
+  rm -f "$dir/kafka.pid"
+}
+
+cluster() {
+  local cmd=${1:-} n
+  # Kafka's own tools, run here, log beside the nodes.
+  tool_log4j=$cstate/log4j2.properties
+  [[ -f $tool_log4j ]] || configure_logging "$tool_log4j" "$cstate/tools.log"
+  case "$cmd" in
+    start)
+      fetch
+      mkdir -p "$cstate"
+      [[ -f "$cstate/cluster.id" ]] || kafka_java kafka.tools.StorageTool random-uuid >"$cstate/cluster.id"
+      if [[ -n ${2:-} ]]; then
+        cnode "$2"
+        cstart_node "$2"
+        cwait "$2" 120
+        echo "kafka.sh: cluster node $2 running on 127.0.0.1:$(cport "$2")"
+        return
+      fi
+      for n in "${cnodes[@]}"; do cstart_node "$n"; done
+      for n in "${cnodes[@]}"; do cwait "$n" 180; done
+      echo "kafka.sh: Kafka $version cluster of 3 nodes running on $(cbootstrap) (state $cstate)"
+      ;;
+    stop)
+      if [[ -n ${2:-} ]]; then
+        cnode "$2"
+        cstop_node "$2" TERM
+        echo "kafka.sh: cluster node $2 stopped"
+        return
+      fi
+      # All at once: one by one, the last ones would wait for a quorum to
+      # hand their leadership to.
+      for n in "${cnodes[@]}"; do crunning "$n" && kill "$(cat "$(cdir "$n")/kafka.pid")"; done
+      for n in "${cnodes[@]}"; do cstop_node "$n" TERM; done
+      echo "kafka.sh: Kafka cluster stopped"
+      ;;
+    kill)
+      cnode "${2:-}"
+      crunning "$2" || die "cluster node $2 is not running"
+      cstop_node "$2" KILL
+      echo "kafka.sh: cluster node $2 killed"
+      ;;
+    restart)
+      cnode "${2:-}"
+      cstop_node "$2" TERM
+      cluster start "$2"
+      ;;
+    status)
+      local down=0
+      for n in "${cnodes[@]}"; do
+        if crunning "$n"; then echo "node $n: running on 127.0.0.1:$(cport "$n") (pid $(cat "$(cdir "$n")/kafka.pid"))"
+        else echo "node $n: stopped"; down=$((down + 1)); fi
+      done
+      ((down == 0)) || exit 3
+      ;;
+    bootstrap) cbootstrap ;;
+    logs) cnode "${2:-}"; tail -n "${3:-100}" "$(cdir "$2")/kafka.log" ;;
+    *) echo "usage: $0 cluster start [NODE]|stop [NODE]|kill NODE|restart NODE|status|bootstrap|logs NODE [N]" >&2; exit 2 ;;
+  esac
+}
+
 case "${1:-}" in
+  cluster) shift; cluster "$@" ;;
   start) start ;;
   stop) stop ;;
   status)
@@ -263,5 +458,5 @@ PASSWORD=$SCRAM_PASSWORD
 ENV
     ;;
   libs) fetch; echo "$libs" ;;
-  *) echo "usage: $0 start|stop|status|logs [N]|bootstrap|secure|libs" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|logs [N]|bootstrap|secure|libs|cluster ..." >&2; exit 2 ;;
 esac

@@ -55,4 +55,23 @@ echo "test.sh: real Kafka at $EVENTROUTER_TEST_BROKERS; embedded broker in-proce
 go vet ./...
 # The timeout is per package binary: generous, as -race slows tests
 # several times (the whole suite took 7.5 minutes without it).
-go test -race -count=1 -timeout 45m -v "$@" ./...
+go test -race -count=1 -timeout 45m -v -skip '^TestCluster' "$@" ./...
+
+# The cluster scenarios (leader failover, rolling restart, quorum lost),
+# once, on a three-node cluster of their own: they kill its brokers.
+# Skipped when the arguments pick other tests.
+if [[ $# -eq 0 || "$*" == *Cluster* ]]; then
+  # The single broker is done with: its CPU goes to the three nodes.
+  if [[ -n $started ]]; then
+    scripts/kafka.sh stop
+    started=""
+  fi
+  cluster_started=""
+  if ! scripts/kafka.sh cluster status >/dev/null 2>&1; then
+    scripts/kafka.sh cluster start
+    cluster_started=yes
+  fi
+  trap '[[ -n $cluster_started ]] && scripts/kafka.sh cluster stop; rm -f "${secure_env:-}"; cleanup' EXIT
+  EVENTROUTER_TEST_KAFKA_CLUSTER=$PWD/scripts/kafka.sh \
+    go test -race -count=1 -timeout 30m -v -run '^TestCluster' "$@" ./app/
+fi

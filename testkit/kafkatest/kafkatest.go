@@ -110,12 +110,19 @@ func Config() *sarama.Config {
 // CreateTopic creates topic with partitions partitions.
 func CreateTopic(t testing.TB, brokers []string, topic string, partitions int32) {
 	t.Helper()
+	CreateReplicatedTopic(t, brokers, topic, partitions, 1)
+}
+
+// CreateReplicatedTopic creates topic with partitions partitions, each on
+// replicas brokers.
+func CreateReplicatedTopic(t testing.TB, brokers []string, topic string, partitions int32, replicas int16) {
+	t.Helper()
 	admin, err := sarama.NewClusterAdmin(brokers, Config())
 	if err != nil {
 		t.Fatalf("connect admin to %v: %v", brokers, err)
 	}
 	defer admin.Close()
-	err = admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: 1}, false)
+	err = admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: replicas}, false)
 	if err != nil {
 		t.Fatalf("create topic %s: %v", topic, err)
 	}
