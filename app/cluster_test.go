@@ -29,6 +29,17 @@ func clusterRoute(t *testing.T, c *kafkatest.Cluster) route {
 	return r
 }
 
+// startClusterDaemon runs a daemon with the ops server and a recording
+// notifier on a notification route of its own on the cluster, and returns
+// the route, the notifier and the ops server's URL.
+func startClusterDaemon(t *testing.T, c *kafkatest.Cluster) (route, *recorder, string) {
+	t.Helper()
+	r := clusterRoute(t, c)
+	notifier := &recorder{}
+	d := startDaemon(t, testConfig(t, c.Brokers(), r, opsYAML), opsOptions(app.Options{Notifier: notifier}))
+	return r, notifier, "http://" + d.OpsAddr()
+}
+
 // pacedProducer writes events 0..n-1 to a topic at a steady rate, as a
 // User Service does, in the background. It is configured as a producer
 // that must lose nothing through a failover is: acks=all, idempotent, and
@@ -335,10 +346,7 @@ func TestClusterLeaderFailover(t *testing.T) {
 		recoverWithin = 45 * time.Second
 	)
 	c := kafkatest.RealCluster(t)
-	r := clusterRoute(t, c)
-	notifier := &recorder{}
-	d := startDaemon(t, testConfig(t, c.Brokers(), r, opsYAML), opsOptions(app.Options{Notifier: notifier}))
-	base := "http://" + d.OpsAddr()
+	r, notifier, base := startClusterDaemon(t, c)
 	emailed := func() int { return notifier.Calls() }
 	prog := track(t, emailed)
 	producer := producePaced(t, c.Brokers(), r.in, 0, events, perSecond)
@@ -462,10 +470,7 @@ func TestClusterRollingRestart(t *testing.T) {
 		pauseWithin = 15 * time.Second
 	)
 	c := kafkatest.RealCluster(t)
-	r := clusterRoute(t, c)
-	notifier := &recorder{}
-	d := startDaemon(t, testConfig(t, c.Brokers(), r, opsYAML), opsOptions(app.Options{Notifier: notifier}))
-	base := "http://" + d.OpsAddr()
+	r, notifier, base := startClusterDaemon(t, c)
 	paused := pausedFor(t, base)
 	producer := producePaced(t, c.Brokers(), r.in, 0, events, perSecond)
 
@@ -511,10 +516,7 @@ func TestClusterRollingRestart(t *testing.T) {
 // once a broker is back.
 func TestClusterQuorumLost(t *testing.T) {
 	c := kafkatest.RealCluster(t)
-	r := clusterRoute(t, c)
-	notifier := &recorder{}
-	d := startDaemon(t, testConfig(t, c.Brokers(), r, opsYAML), opsOptions(app.Options{Notifier: notifier}))
-	base := "http://" + d.OpsAddr()
+	r, notifier, base := startClusterDaemon(t, c)
 	produceEvents(t, c.Brokers(), r.in, 0, 500)
 	waitFor(t, time.Minute, "500 events handled", func() bool { return notifier.Calls() >= 500 })
 	if status, rd := readiness(t, base); status != 200 {

@@ -247,19 +247,23 @@ stop() {
     rm -f "$pidfile"
     return
   fi
-  local pid
-  pid=$(cat "$pidfile")
-  kill "$pid"
-  for _ in $(seq 1 60); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.5
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "kafka.sh: Kafka (pid $pid) ignored SIGTERM for 30 s; killing it" >&2
-    kill -9 "$pid" 2>/dev/null || true
-  fi
+  end_pid "$(cat "$pidfile")" TERM Kafka
   rm -f "$pidfile"
   echo "kafka.sh: Kafka stopped"
+}
+
+# end_pid sends process $1 signal $2 and waits until it has exited; one
+# that outlives SIGTERM by 30 s is killed. $3 names it.
+end_pid() {
+  local pid=$1 sig=$2
+  kill -s "$sig" "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 120); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.25
+  done
+  echo "kafka.sh: $3 (pid $pid) ignored SIG$sig for 30 s; killing it" >&2
+  kill -9 "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 }
 
 # The three-node cluster. Node N's files are in $cstate/nodeN.
@@ -361,16 +365,7 @@ cstop_node() {
   dir=$(cdir "$n")
   if ! crunning "$n"; then rm -f "$dir/kafka.pid"; return; fi
   pid=$(cat "$dir/kafka.pid")
-  kill -s "$sig" "$pid"
-  for _ in $(seq 1 120); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "kafka.sh: cluster node $n (pid $pid) ignored SIG$sig for 30 s; killing it" >&2
-    kill -9 "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
+  end_pid "$pid" "$sig" "cluster node $n"
   rm -f "$dir/kafka.pid"
 }
 

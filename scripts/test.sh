@@ -67,11 +67,12 @@ if [[ $# -eq 0 || "$*" == *Cluster* ]]; then
     started=""
   fi
   cluster_started=""
-  if ! scripts/kafka.sh cluster status >/dev/null 2>&1; then
-    scripts/kafka.sh cluster start
-    cluster_started=yes
-  fi
   trap '[[ -n $cluster_started ]] && scripts/kafka.sh cluster stop; rm -f "${secure_env:-}"; cleanup' EXIT
+  if ! scripts/kafka.sh cluster status >/dev/null 2>&1; then
+    # Set first: a node that fails to start leaves the others running.
+    cluster_started=yes
+    scripts/kafka.sh cluster start
+  fi
   EVENTROUTER_TEST_KAFKA_CLUSTER=$PWD/scripts/kafka.sh \
     go test -race -count=1 -timeout 30m -v -run '^TestCluster' "$@" ./app/
 fi
