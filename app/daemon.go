@@ -12,7 +12,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,11 +102,8 @@ type Daemon struct {
 	subs    map[string]*consume.Subscriber
 	opsAddr atomic.Pointer[string]
 	probe   sarama.Client
-	// probeAdmin is the admin client on probe, for readiness.
-	probeAdmin sarama.ClusterAdmin
-	// minISR caches each topic's min.insync.replicas, for readiness.
-	minISRMu sync.Mutex
-	minISR   map[string]int
+	// kafkaCheck is readiness's look at the Kafka cluster.
+	kafkaCheck kafkaChecker
 	// breakers pause each route while a dependency is down, by route
 	// name; made in Run before the ops server starts.
 	breakers map[string]*retry.Breaker

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"golang.org/x/sync/singleflight"
 )
 
 // kafkaHealth is what readiness says of the Kafka cluster: whether the
@@ -19,13 +20,66 @@ import (
 type kafkaHealth struct {
 	// problem is why the routes cannot work now, or "".
 	problem string
-	// degraded names the brokers that do not answer while the routes still
-	// work, or "".
+	// degraded names what is down or missing while the routes still work,
+	// or "".
 	degraded string
 }
 
-// replica is where one partition of a route's topics lives.
-type replica struct {
+const (
+	// kafkaCheckBudget bounds one look at the cluster; the readiness
+	// request as a whole has 5 s.
+	kafkaCheckBudget = 4 * time.Second
+	// kafkaCheckReuse is how long a look's answer serves other probes, so
+	// that frequent probes cost the brokers one look a second.
+	kafkaCheckReuse = time.Second
+	// minInSyncReuse is how long a topic's min.insync.replicas is kept
+	// before it is asked again: operators change it rarely.
+	minInSyncReuse = 5 * time.Minute
+)
+
+// kafkaChecker runs one look at the cluster at a time and shares it.
+type kafkaChecker struct {
+	flight singleflight.Group
+	mu     sync.Mutex
+	last   kafkaHealth
+	at     time.Time
+	// minISR is each written topic's min.insync.replicas, asked at
+	// minISRAt.
+	minISR   map[string]int
+	minISRAt time.Time
+}
+
+// checkKafka says whether the Kafka cluster can serve the routes. Callers
+// at once share one look (inspectKafka), and a look serves for
+// kafkaCheckReuse; one that outlives ctx goes on, within its own budget,
+// for the next caller.
+func (d *Daemon) checkKafka(ctx context.Context) kafkaHealth {
+	k := &d.kafkaCheck
+	k.mu.Lock()
+	if time.Since(k.at) < kafkaCheckReuse {
+		defer k.mu.Unlock()
+		return k.last
+	}
+	k.mu.Unlock()
+	ch := k.flight.DoChan("kafka", func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.Background(), kafkaCheckBudget)
+		defer cancel()
+		h := d.inspectKafka(lctx)
+		k.mu.Lock()
+		k.last, k.at = h, time.Now()
+		k.mu.Unlock()
+		return h, nil
+	})
+	select {
+	case r := <-ch:
+		return r.Val.(kafkaHealth)
+	case <-ctx.Done():
+		return kafkaHealth{problem: "the brokers did not answer in time"}
+	}
+}
+
+// partitionState is where one partition of a route's topics stands.
+type partitionState struct {
 	topic     string
 	partition int32
 	leader    int32
@@ -35,97 +89,114 @@ type replica struct {
 	written bool
 }
 
-// checkKafka asks for the cluster's metadata, then every broker that holds
-// a replica of a route's topics whether it answers. The routes cannot work
-// while a partition of theirs has no leader that answers, while a topic
-// they write to has fewer in-sync replicas that answer than its
-// min.insync.replicas, or while a group's coordinator does not answer.
-// A broker down that the routes can do without leaves them ready, and is
-// named as degraded.
-func (d *Daemon) checkKafka(ctx context.Context) kafkaHealth {
-	done := make(chan error, 1)
-	go func() { done <- d.probe.RefreshMetadata() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return kafkaHealth{problem: "broker does not answer: " + err.Error()}
+// inspectKafka asks for the cluster's brokers, then each of them, on a
+// connection of its own, whether it answers. One that does is asked for
+// the routes' topics, their groups' coordinators and the written topics'
+// min.insync.replicas: fresh answers, not the clients' cached ones. The
+// routes cannot work while a partition of their topics has no leader that
+// answers, while a topic they write to has fewer in-sync replicas that
+// answer than its min.insync.replicas, or while a group's coordinator
+// does not answer. A broker down that they can do without, or a topic
+// they write to that does not exist yet, leaves them ready, named as
+// degraded.
+func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
+	if err := within(ctx, func() error { return d.probe.RefreshMetadata() }); err != nil {
+		return kafkaHealth{problem: "broker does not answer: " + err.Error()}
+	}
+	addrs := map[int32]string{}
+	for _, b := range d.probe.Brokers() {
+		addrs[b.ID()] = b.Addr()
+	}
+	conns, down := d.dialBrokers(ctx, addrs)
+	defer func() {
+		for _, b := range conns {
+			_ = b.Close()
 		}
-	case <-ctx.Done():
-		return kafkaHealth{problem: "broker does not answer in time"}
+	}()
+	if len(conns) == 0 {
+		return kafkaHealth{problem: "no broker answers: " + strings.Join(slices.Sorted(maps.Values(down)), "; ")}
 	}
 
 	written := map[string]bool{}
 	var topics []string
 	for _, r := range d.cfg.Routes {
-		for _, t := range []string{r.SubscribeTopic, r.PublishTopic, r.PoisonTopic} {
-			if _, ok := written[t]; t != "" && !ok {
-				written[t] = false
+		for i, t := range []string{r.SubscribeTopic, r.PublishTopic, r.PoisonTopic} {
+			if t == "" {
+				continue
+			}
+			if _, ok := written[t]; !ok {
 				topics = append(topics, t)
 			}
+			written[t] = written[t] || i > 0
 		}
 	}
+	version := d.probe.Config().Version
+	var metas []*sarama.TopicMetadata
+	err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
+		resp, err := b.GetMetadata(sarama.NewMetadataRequest(version, topics))
+		if err == nil {
+			metas = resp.Topics
+		}
+		return err
+	})
+	if err != nil {
+		return kafkaHealth{problem: "brokers answer but not with the routes' topics: " + err.Error()}
+	}
+	var problems, missing []string
+	coordinators := map[string]int32{}
 	for _, r := range d.cfg.Routes {
-		for _, t := range []string{r.PublishTopic, r.PoisonTopic} {
-			if t != "" {
-				written[t] = true
-			}
+		group := r.ConsumerGroup
+		if _, ok := coordinators[group]; ok {
+			continue
 		}
-	}
-	type described struct {
-		metas        []*sarama.TopicMetadata
-		coordinators map[string]int32
-		err          error
-	}
-	got := make(chan described, 1)
-	go func() {
-		// One metadata request: the client's own lookups would ask again
-		// for each partition that has no leader.
-		metas, err := d.probeAdmin.DescribeTopics(topics)
-		coordinators := map[string]int32{}
-		for _, r := range d.cfg.Routes {
-			if b, err := d.probe.Coordinator(r.ConsumerGroup); err == nil {
-				coordinators[r.ConsumerGroup] = b.ID()
-			}
+		var id int32
+		err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
+			var err error
+			id, err = findCoordinator(b, version, group)
+			return err
+		})
+		if err != nil {
+			problems = append(problems, "group "+group+" has no coordinator: "+err.Error())
+			continue
 		}
-		got <- described{metas, coordinators, err}
-	}()
-	var desc described
-	select {
-	case desc = <-got:
-		if desc.err != nil {
-			return kafkaHealth{problem: "broker does not answer: " + desc.err.Error()}
-		}
-	case <-ctx.Done():
-		return kafkaHealth{problem: "broker does not answer in time"}
+		coordinators[group] = id
 	}
-	var parts []replica
+	var parts []partitionState
 	ids := map[int32]bool{}
-	for _, m := range desc.metas {
-		// A topic the routes write to may not exist until the first
-		// write creates it.
-		if !errors.Is(m.Err, sarama.ErrNoError) {
+	for _, m := range metas {
+		switch {
+		case errors.Is(m.Err, sarama.ErrNoError):
+		case errors.Is(m.Err, sarama.ErrUnknownTopicOrPartition):
+			// The first write creates it, where the brokers create
+			// topics; where they do not, that write pauses the route.
+			missing = append(missing, m.Name)
+			continue
+		default:
+			problems = append(problems, "topic "+m.Name+": "+m.Err.Error())
 			continue
 		}
 		for _, p := range m.Partitions {
-			parts = append(parts, replica{topic: m.Name, partition: p.ID, leader: p.Leader, isr: p.Isr, written: written[m.Name]})
+			parts = append(parts, partitionState{topic: m.Name, partition: p.ID, leader: p.Leader, isr: p.Isr, written: written[m.Name]})
 			for _, id := range p.Replicas {
 				ids[id] = true
 			}
-			if p.Leader >= 0 {
-				ids[p.Leader] = true
-			}
 		}
 	}
-	coordinators := desc.coordinators
 	for _, id := range coordinators {
 		ids[id] = true
 	}
+	for id := range ids {
+		if _, ok := addrs[id]; !ok {
+			// The controllers fenced it.
+			down[id] = "broker " + strconv.Itoa(int(id)) + " is not in the cluster's metadata"
+		}
+	}
+	minISR := d.minInSync(ctx, conns, parts)
 
-	down := d.brokersDown(ctx, ids)
 	var noLeader, fewInSync, groups []string
 	for _, p := range parts {
 		name := p.topic + "/" + strconv.Itoa(int(p.partition))
-		if p.leader < 0 || down[p.leader] != "" {
+		if _, ok := down[p.leader]; p.leader < 0 || ok {
 			noLeader = append(noLeader, name)
 			continue
 		}
@@ -134,25 +205,22 @@ func (d *Daemon) checkKafka(ctx context.Context) kafkaHealth {
 		}
 		answering := 0
 		for _, id := range p.isr {
-			if down[id] == "" {
+			if _, ok := down[id]; !ok {
 				answering++
 			}
 		}
-		if need := d.minInSync(ctx, p.topic); answering < need {
+		if need := minISR[p.topic]; answering < need {
 			fewInSync = append(fewInSync, fmt.Sprintf("%s (%d of %d needed)", name, answering, need))
 		}
 	}
 	for group, id := range coordinators {
-		if down[id] != "" {
+		if _, ok := down[id]; ok {
 			groups = append(groups, group)
 		}
 	}
-	slices.Sort(groups)
 	slices.Sort(noLeader)
 	slices.Sort(fewInSync)
-
-	var h kafkaHealth
-	var problems []string
+	slices.Sort(groups)
 	if len(noLeader) > 0 {
 		problems = append(problems, "partitions without a leader that answers: "+few(noLeader))
 	}
@@ -162,21 +230,42 @@ func (d *Daemon) checkKafka(ctx context.Context) kafkaHealth {
 	if len(groups) > 0 {
 		problems = append(problems, "the coordinator of group "+strings.Join(groups, ", ")+" does not answer")
 	}
-	var names []string
-	for _, id := range slices.Sorted(maps.Keys(down)) {
-		if down[id] != "" {
-			names = append(names, down[id])
+
+	var notes []string
+	if len(down) > 0 {
+		known := map[int32]bool{}
+		for id := range addrs {
+			known[id] = true
 		}
+		for id := range down {
+			known[id] = true
+		}
+		notes = append(notes, fmt.Sprintf("%d of %d brokers do not answer (%s)", len(down), len(known), strings.Join(slices.Sorted(maps.Values(down)), "; ")))
 	}
-	switch {
-	case len(problems) > 0 && len(names) > 0:
-		h.problem = fmt.Sprintf("%d of %d brokers do not answer (%s); %s", len(names), len(ids), strings.Join(names, ", "), strings.Join(problems, "; "))
-	case len(problems) > 0:
-		h.problem = strings.Join(problems, "; ")
-	case len(names) > 0:
-		h.degraded = fmt.Sprintf("%d of %d brokers do not answer (%s); every partition of the routes' topics still has a leader and enough in-sync replicas", len(names), len(ids), strings.Join(names, ", "))
+	if len(problems) > 0 {
+		return kafkaHealth{problem: strings.Join(append(notes, problems...), "; ")}
 	}
-	return h
+	if len(notes) > 0 {
+		notes[0] += "; every partition of the routes' topics still has a leader and enough in-sync replicas"
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		notes = append(notes, "topics not created yet: "+strings.Join(missing, ", "))
+	}
+	return kafkaHealth{degraded: strings.Join(notes, "; ")}
+}
+
+// within runs f and returns its error, or ctx's once ctx is done; f goes
+// on then, and its error is dropped.
+func within(ctx context.Context, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("no answer in time: %w", ctx.Err())
+	}
 }
 
 // few lists the first five names and how many more there are.
@@ -187,116 +276,163 @@ func few(names []string) string {
 	return fmt.Sprintf("%s and %d more", strings.Join(names[:5], ", "), len(names)-5)
 }
 
-// brokersDown asks each broker in ids for its API versions on a connection
-// of its own, and returns each one's state: "" when it answered, else its
-// name and why not. A broker the metadata no longer lists is down: the
-// controllers fenced it.
-func (d *Daemon) brokersDown(ctx context.Context, ids map[int32]bool) map[int32]string {
-	addrs := map[int32]string{}
-	for _, b := range d.probe.Brokers() {
-		addrs[b.ID()] = b.Addr()
-	}
+// dialBrokers opens a connection of its own to each broker and asks it for
+// its API versions. It returns the connections of those that answered
+// before ctx was done, and why each other one did not.
+func (d *Daemon) dialBrokers(ctx context.Context, addrs map[int32]string) (map[int32]*sarama.Broker, map[int32]string) {
 	cfg := d.kafka.Config()
 	cfg.ClientID = d.cfg.Kafka.ClientID + "-ops"
 	cfg.Net.DialTimeout = 3 * time.Second
 	cfg.Net.ReadTimeout = 3 * time.Second
-	state := make(map[int32]string, len(ids))
-	names := make(map[int32]string, len(ids))
-	for id := range ids {
-		addr, ok := addrs[id]
-		names[id] = "broker " + strconv.Itoa(int(id))
-		if !ok {
-			state[id] = names[id] + " not in the cluster's metadata"
-			continue
-		}
-		names[id] += " at " + addr
-		// Until it answers.
-		state[id] = names[id] + " does not answer in time"
+	cfg.Net.WriteTimeout = 3 * time.Second
+	type answer struct {
+		id  int32
+		b   *sarama.Broker
+		err error
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for id := range ids {
-		addr, ok := addrs[id]
-		if !ok {
-			continue
-		}
-		wg.Add(1)
+	answers := make(chan answer, len(addrs))
+	for id, addr := range addrs {
 		go func() {
-			defer wg.Done()
-			err := answers(cfg, addr)
-			mu.Lock()
-			defer mu.Unlock()
+			b := sarama.NewBroker(addr)
+			err := b.Open(cfg)
 			if err == nil {
-				state[id] = ""
-			} else {
-				state[id] = names[id] + ": " + err.Error()
+				_, err = b.ApiVersions(&sarama.ApiVersionsRequest{})
 			}
+			if err != nil {
+				_ = b.Close()
+				b = nil
+			}
+			answers <- answer{id, b, err}
 		}()
 	}
-	waited := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(waited)
-	}()
-	select {
-	case <-waited:
-	case <-ctx.Done():
+	conns := map[int32]*sarama.Broker{}
+	down := map[int32]string{}
+	for id, addr := range addrs {
+		down[id] = fmt.Sprintf("broker %d at %s does not answer in time", id, addr)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	return maps.Clone(state)
-}
-
-// answers opens a connection to the broker at addr and asks it for its API
-// versions.
-func answers(cfg *sarama.Config, addr string) error {
-	b := sarama.NewBroker(addr)
-	if err := b.Open(cfg); err != nil {
-		return err
-	}
-	defer b.Close()
-	_, err := b.ApiVersions(&sarama.ApiVersionsRequest{})
-	if errors.Is(err, sarama.ErrNotConnected) {
-		return errors.New("connection refused")
-	}
-	return err
-}
-
-// minInSync returns topic's min.insync.replicas: how many in-sync replicas
-// a write with acks=all needs. It is asked once per topic and kept; while
-// it is not known, 1.
-func (d *Daemon) minInSync(ctx context.Context, topic string) int {
-	d.minISRMu.Lock()
-	n, ok := d.minISR[topic]
-	d.minISRMu.Unlock()
-	if ok {
-		return n
-	}
-	found := make(chan int, 1)
-	go func() {
-		defer close(found)
-		entries, err := d.probeAdmin.DescribeConfig(sarama.ConfigResource{
-			Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"min.insync.replicas"},
-		})
-		if err != nil {
-			return
-		}
-		for _, e := range entries {
-			if v, err := strconv.Atoi(e.Value); err == nil && e.Name == "min.insync.replicas" {
-				d.minISRMu.Lock()
-				d.minISR[topic] = v
-				d.minISRMu.Unlock()
-				found <- v
-				return
+	for pending := len(addrs); pending > 0; pending-- {
+		select {
+		case a := <-answers:
+			if a.err != nil {
+				down[a.id] = fmt.Sprintf("broker %d at %s: %v", a.id, addrs[a.id], a.err)
+				continue
 			}
+			conns[a.id] = a.b
+			delete(down, a.id)
+		case <-ctx.Done():
+			// The late answers' connections are closed as they come.
+			go func() {
+				for ; pending > 0; pending-- {
+					if a := <-answers; a.b != nil {
+						_ = a.b.Close()
+					}
+				}
+			}()
+			return conns, down
 		}
-	}()
-	select {
-	case v, ok := <-found:
-		if ok {
-			return v
-		}
-	case <-ctx.Done():
 	}
-	return 1
+	return conns, down
+}
+
+// askAny calls ask with the answering brokers in turn, lowest id first,
+// until one call succeeds or ctx is done.
+func (d *Daemon) askAny(ctx context.Context, conns map[int32]*sarama.Broker, ask func(*sarama.Broker) error) error {
+	var errs []error
+	for _, id := range slices.Sorted(maps.Keys(conns)) {
+		err := within(ctx, func() error { return ask(conns[id]) })
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("broker %d: %w", id, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// findCoordinator asks b which broker coordinates group.
+func findCoordinator(b *sarama.Broker, v sarama.KafkaVersion, group string) (int32, error) {
+	req := &sarama.FindCoordinatorRequest{CoordinatorKey: group, CoordinatorType: sarama.CoordinatorGroup, Version: 1}
+	switch {
+	case v.IsAtLeast(sarama.V2_4_0_0):
+		req.Version = 3
+	case v.IsAtLeast(sarama.V2_0_0_0):
+		req.Version = 2
+	}
+	resp, err := b.FindCoordinator(req)
+	if err != nil {
+		return 0, err
+	}
+	if !errors.Is(resp.Err, sarama.ErrNoError) {
+		return 0, fmt.Errorf("coordinator of group %s: %w", group, resp.Err)
+	}
+	return resp.Coordinator.ID(), nil
+}
+
+// minInSync returns the min.insync.replicas of the written topics among
+// parts: how many in-sync replicas a write with acks=all needs. The
+// answer is kept for minInSyncReuse; while no broker has given one, a
+// topic needs 1, and readiness leaves the rest to the route, which pauses
+// when its writes fail.
+func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, parts []partitionState) map[string]int {
+	k := &d.kafkaCheck
+	var topics []string
+	k.mu.Lock()
+	fresh := time.Since(k.minISRAt) < minInSyncReuse
+	known := maps.Clone(k.minISR)
+	k.mu.Unlock()
+	for _, p := range parts {
+		if _, ok := known[p.topic]; p.written && (!ok || !fresh) && !slices.Contains(topics, p.topic) {
+			topics = append(topics, p.topic)
+		}
+	}
+	if known == nil {
+		known = map[string]int{}
+	}
+	if len(topics) > 0 {
+		req := &sarama.DescribeConfigsRequest{}
+		switch v := d.probe.Config().Version; {
+		case v.IsAtLeast(sarama.V2_8_0_0):
+			req.Version = 4
+		case v.IsAtLeast(sarama.V2_6_0_0):
+			req.Version = 3
+		case v.IsAtLeast(sarama.V2_0_0_0):
+			req.Version = 2
+		default:
+			req.Version = 1
+		}
+		for _, t := range topics {
+			req.Resources = append(req.Resources, &sarama.ConfigResource{
+				Type: sarama.TopicResource, Name: t, ConfigNames: []string{"min.insync.replicas"},
+			})
+		}
+		got := map[string]int{}
+		err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
+			resp, err := b.DescribeConfigs(req)
+			if err != nil {
+				return err
+			}
+			for _, r := range resp.Resources {
+				for _, c := range r.Configs {
+					if n, err := strconv.Atoi(c.Value); err == nil && c.Name == "min.insync.replicas" {
+						got[r.Name] = n
+					}
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			maps.Copy(known, got)
+			k.mu.Lock()
+			k.minISR, k.minISRAt = maps.Clone(known), time.Now()
+			k.mu.Unlock()
+		}
+	}
+	for _, p := range parts {
+		if _, ok := known[p.topic]; !ok {
+			known[p.topic] = 1
+		}
+	}
+	return known
 }

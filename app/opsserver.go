@@ -52,7 +52,7 @@ func (d *Daemon) startOps() (func(), error) {
 		client.Close()
 		return nil, fmt.Errorf("ops admin client: %w", err)
 	}
-	d.probe, d.probeAdmin, d.minISR = client, admin, map[string]int{}
+	d.probe = client
 	d.prom.MustRegister(newLagCollector(client, admin, d.cfg.Routes, d.logger))
 
 	ln, err := net.Listen("tcp", d.cfg.Ops.Listen)
@@ -132,6 +132,20 @@ func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 		}
 		checks["route "+r.Name] = state
 	}
+	// The database and the brokers are asked at once, each within the
+	// request's time.
+	ledgerState := make(chan string, 1)
+	if l := d.shared.Load(); l != nil {
+		go func() {
+			if err := l.Ping(ctx); err != nil {
+				ledgerState <- "database does not answer: " + err.Error()
+				return
+			}
+			ledgerState <- "ok"
+		}()
+	} else {
+		close(ledgerState)
+	}
 	k := d.checkKafka(ctx)
 	checks["kafka"] = "ok"
 	if k.problem != "" {
@@ -141,11 +155,8 @@ func (d *Daemon) ready(ctx context.Context) ops.Readiness {
 	if k.degraded != "" {
 		degraded = map[string]string{"kafka": k.degraded}
 	}
-	if l := d.shared.Load(); l != nil {
-		checks["ledger"] = "ok"
-		if err := l.Ping(ctx); err != nil {
-			checks["ledger"] = "database does not answer: " + err.Error()
-		}
+	if state, ok := <-ledgerState; ok {
+		checks["ledger"] = state
 	}
 	rd := ops.Readiness{Ready: true, Checks: checks, Degraded: degraded}
 	for _, v := range checks {

@@ -329,12 +329,18 @@ cstart_node() {
   local n=$1 dir
   dir=$(cdir "$n")
   if crunning "$n"; then return; fi
-  port_open "$(cport "$n")" && die "127.0.0.1:$(cport "$n") is taken by another process; stop it or set KAFKA_CLUSTER_PORT"
+  local p
+  for p in "$(cport "$n")" "$(ccport "$n")"; do
+    port_open "$p" && die "127.0.0.1:$p is taken by another process; stop it or set KAFKA_CLUSTER_PORT"
+  done
   cconfigure "$n"
   if [[ ! -f "$dir/data/meta.properties" ]]; then
     kafka_java kafka.tools.StorageTool format -t "$(cat "$cstate/cluster.id")" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
       || { cat "$dir/format.log" >&2; die "formatting node $n's KRaft storage failed"; }
   fi
+  # The last run's log is kept, for what a crashed node said.
+  [[ -f $dir/kafka.log ]] && mv "$dir/kafka.log" "$dir/kafka.log.1"
+  [[ -f $dir/stdout.log ]] && mv "$dir/stdout.log" "$dir/stdout.log.1"
   : >"$dir/kafka.log"
   nohup java -Xms128m -Xmx"$cheap" -XX:+UseG1GC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$libs/*" \
@@ -378,7 +384,10 @@ cluster() {
     start)
       fetch
       mkdir -p "$cstate"
-      [[ -f "$cstate/cluster.id" ]] || kafka_java kafka.tools.StorageTool random-uuid >"$cstate/cluster.id"
+      if [[ ! -s "$cstate/cluster.id" ]]; then
+        kafka_java kafka.tools.StorageTool random-uuid >"$cstate/cluster.id.tmp"
+        mv "$cstate/cluster.id.tmp" "$cstate/cluster.id"
+      fi
       if [[ -n ${2:-} ]]; then
         cnode "$2"
         cstart_node "$2"
@@ -399,7 +408,9 @@ cluster() {
       fi
       # All at once: one by one, the last ones would wait for a quorum to
       # hand their leadership to.
-      for n in "${cnodes[@]}"; do crunning "$n" && kill "$(cat "$(cdir "$n")/kafka.pid")"; done
+      for n in "${cnodes[@]}"; do
+        if crunning "$n"; then kill "$(cat "$(cdir "$n")/kafka.pid")" 2>/dev/null || true; fi
+      done
       for n in "${cnodes[@]}"; do cstop_node "$n" TERM; done
       echo "kafka.sh: Kafka cluster stopped"
       ;;

@@ -21,9 +21,17 @@ export EVENTROUTER_TEST_MAILPIT=${EVENTROUTER_TEST_MAILPIT:-$(scripts/mailpit.sh
 
 started=""
 pg_started=""
+secure_env=""
+cluster_started=""
+# cleanup stops what this script started, each step whatever the others
+# did, and keeps the script's exit code.
 cleanup() {
-  if [[ -n $started ]]; then scripts/kafka.sh stop; fi
-  if [[ -n $pg_started ]]; then scripts/postgres.sh stop; fi
+  local rc=$?
+  if [[ -n $cluster_started ]]; then scripts/kafka.sh cluster stop || true; fi
+  if [[ -n $started ]]; then scripts/kafka.sh stop || true; fi
+  if [[ -n $pg_started ]]; then scripts/postgres.sh stop || true; fi
+  if [[ -n $secure_env ]]; then rm -f "$secure_env"; fi
+  exit "$rc"
 }
 trap cleanup EXIT
 if ! scripts/kafka.sh status >/dev/null 2>&1; then
@@ -47,7 +55,6 @@ if [[ -z ${EVENTROUTER_TEST_BROKERS:-} ]]; then
   export EVENTROUTER_TEST_KAFKA_SCRIPT=$PWD/scripts/kafka.sh
   # The same broker's SASL_SSL and SSL listeners and their credentials.
   secure_env=$(mktemp)
-  trap 'rm -f "$secure_env"; cleanup' EXIT
   scripts/kafka.sh secure >"$secure_env"
   export EVENTROUTER_TEST_KAFKA_SECURE=$secure_env
 fi
@@ -66,8 +73,6 @@ if [[ $# -eq 0 || "$*" == *Cluster* ]]; then
     scripts/kafka.sh stop
     started=""
   fi
-  cluster_started=""
-  trap '[[ -n $cluster_started ]] && scripts/kafka.sh cluster stop; rm -f "${secure_env:-}"; cleanup' EXIT
   if ! scripts/kafka.sh cluster status >/dev/null 2>&1; then
     # Set first: a node that fails to start leaves the others running.
     cluster_started=yes
