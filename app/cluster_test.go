@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -60,8 +61,11 @@ type pacedProducer struct {
 	answered chan struct{}
 	once     sync.Once
 	stop     chan struct{}
-	done     chan struct{}
-	closed   sync.Once
+	// abort ends the wait for answers, when the test gives up.
+	abort   chan struct{}
+	aborted sync.Once
+	done    chan struct{}
+	closed  sync.Once
 }
 
 // check closes answered when it is time; p.mu is held.
@@ -85,7 +89,7 @@ func producePaced(t *testing.T, brokers []string, topic string, from, perSecond 
 	if err != nil {
 		t.Fatalf("connect producer to %v: %v", brokers, err)
 	}
-	pp := &pacedProducer{stop: make(chan struct{}), done: make(chan struct{}), answered: make(chan struct{})}
+	pp := &pacedProducer{stop: make(chan struct{}), abort: make(chan struct{}), done: make(chan struct{}), answered: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -124,7 +128,10 @@ func producePaced(t *testing.T, brokers []string, topic string, from, perSecond 
 				pp.stopping = true
 				pp.check()
 				pp.mu.Unlock()
-				<-pp.answered
+				select {
+				case <-pp.answered:
+				case <-pp.abort:
+				}
 				return
 			case <-tick.C:
 			}
@@ -143,9 +150,14 @@ func producePaced(t *testing.T, brokers []string, topic string, from, perSecond 
 	}()
 	t.Cleanup(func() {
 		pp.closed.Do(func() { close(pp.stop) })
+		if t.Failed() {
+			// The brokers may be down: the answers may never come.
+			pp.aborted.Do(func() { close(pp.abort) })
+		}
 		select {
 		case <-pp.done:
 		case <-time.After(30 * time.Second):
+			pp.aborted.Do(func() { close(pp.abort) })
 			t.Errorf("the producer still had records without an answer 30 s after the test")
 		}
 	})
@@ -216,15 +228,9 @@ func track(t *testing.T, count func() int) *progress {
 func (p *progress) rate(at time.Time, window time.Duration) float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	before, last := -1, -1
-	for i, ts := range p.at {
-		if !ts.After(at.Add(-window)) {
-			before = i
-		}
-		if !ts.After(at) {
-			last = i
-		}
-	}
+	// The last samples at or before each end.
+	before := sort.Search(len(p.at), func(i int) bool { return p.at[i].After(at.Add(-window)) }) - 1
+	last := sort.Search(len(p.at), func(i int) bool { return p.at[i].After(at) }) - 1
 	if before < 0 || last <= before {
 		return 0
 	}
@@ -251,12 +257,14 @@ func (p *progress) longestStall(from, to time.Time) time.Duration {
 }
 
 // A kill is judged on 2-second windows of the handling rate, against the
-// rate events are produced at: it dropped once a window fell below 3/4
-// of it, and recovered at the first window after that back at 9/10 or
-// more. Where it never dropped, that is known only once the brokers have
-// had their session timeout (9 s) and a margin to notice the crash.
+// rate measured over the 5 s before it: it dropped once a window fell
+// below 3/4 of that, and recovered at the first window after the drop
+// from which on the rate stayed at 9/10 or more for 3 s. Where it never
+// dropped, that is known only once the brokers have had their session
+// timeout (9 s) and a margin to notice the crash.
 const (
 	rateWindow   = 2 * time.Second
+	steadyFor    = 3 * time.Second
 	quietAfter   = 20 * time.Second
 	droppedBelow = 0.75
 	recoveredAt  = 0.9
@@ -265,13 +273,22 @@ const (
 // recovery returns how long after the kill at k the rate was back, whether
 // it dropped at all, and whether the answer is known yet.
 func (p *progress) recovery(k time.Time, base float64) (took time.Duration, dropped, known bool) {
-	for at := k.Add(rateWindow / 2); !at.After(time.Now()); at = at.Add(100 * time.Millisecond) {
+	step := 100 * time.Millisecond
+	var back time.Time
+	for at := k.Add(rateWindow / 2); !at.After(time.Now()); at = at.Add(step) {
 		r := p.rate(at, rateWindow)
 		switch {
 		case r < base*droppedBelow:
-			dropped = true
+			dropped, back = true, time.Time{}
 		case dropped && r >= base*recoveredAt:
-			return at.Sub(k), true, true
+			if back.IsZero() {
+				back = at
+			}
+			if at.Sub(back) >= steadyFor {
+				return back.Sub(k), true, true
+			}
+		case dropped:
+			back = time.Time{}
 		}
 	}
 	return 0, dropped, !dropped && time.Since(k) >= quietAfter
@@ -283,7 +300,7 @@ func (p *progress) waitRecovered(t *testing.T, k time.Time, base float64, within
 	t.Helper()
 	var took time.Duration
 	var dropped bool
-	waitFor(t, max(within, quietAfter)+rateWindow, "the route's rate to recover after the kill", func() bool {
+	waitEvery(t, max(within, quietAfter)+steadyFor+rateWindow, 500*time.Millisecond, "the route's rate to recover after the kill", func() bool {
 		var known bool
 		took, dropped, known = p.recovery(k, base)
 		return known
@@ -292,6 +309,18 @@ func (p *progress) waitRecovered(t *testing.T, k time.Time, base float64, within
 		t.Fatalf("the route's rate recovered %s after the kill; want within %s", took, within)
 	}
 	return took, dropped
+}
+
+// steadyRate returns the rate over the 5 s before now, and fails the test
+// unless the route keeps up with the producer: a kill is judged against
+// it.
+func (p *progress) steadyRate(t *testing.T, perSecond int) float64 {
+	t.Helper()
+	r := p.rate(time.Now(), 5*time.Second)
+	if r < 0.8*float64(perSecond) {
+		t.Fatalf("the route handles %.0f events a second before the kill; want about the producer's %d", r, perSecond)
+	}
+	return r
 }
 
 // mostLeader returns the broker that leads most of topic's partitions.
@@ -454,6 +483,7 @@ func TestClusterLeaderFailover(t *testing.T) {
 	// 1. The broker that leads most of the input's partitions crashes.
 	waitFor(t, time.Minute, "4,000 events handled", func() bool { return emailed() >= 4000 })
 	leader, led := mostLeader(t, c, r.in)
+	base1 := prog.steadyRate(t, perSecond)
 	killed := time.Now()
 	c.Kill(leader)
 	var rd readyAnswer
@@ -463,7 +493,7 @@ func TestClusterLeaderFailover(t *testing.T) {
 		return status == 200 && strings.Contains(rd.Degraded["kafka"], "1 of 3 brokers do not answer")
 	})
 	t.Logf("killed broker %d, leader of %d of 6 partitions, at %d emails; readyz: %q", leader, led, emailed(), rd.Degraded["kafka"])
-	took1, dropped1 := prog.waitRecovered(t, killed, perSecond, recoverWithin)
+	took1, dropped1 := prog.waitRecovered(t, killed, base1, recoverWithin)
 	drained1 := caughtUp(killed)
 	c.Start(leader)
 	c.WaitInSync(2 * time.Minute)
@@ -472,10 +502,11 @@ func TestClusterLeaderFailover(t *testing.T) {
 	// 2. The group's coordinator crashes.
 	waitFor(t, 2*time.Minute, "12,000 events handled", func() bool { return emailed() >= 12000 })
 	coordinator := c.Coordinator(r.group)
+	base2 := prog.steadyRate(t, perSecond)
 	killed = time.Now()
 	c.Kill(coordinator)
 	t.Logf("killed broker %d, the group's coordinator, at %d emails", coordinator, emailed())
-	took2, dropped2 := prog.waitRecovered(t, killed, perSecond, recoverWithin)
+	took2, dropped2 := prog.waitRecovered(t, killed, base2, recoverWithin)
 	drained2 := caughtUp(killed)
 	c.Start(coordinator)
 	c.WaitInSync(2 * time.Minute)
@@ -665,7 +696,8 @@ func TestClusterQuorumLost(t *testing.T) {
 		t.Fatalf("got %v records poisoned while the brokers were down; want 0", v)
 	}
 	p.signal(syscall.SIGKILL)
-	<-p.done
+	// Put back for the process's cleanup.
+	p.done <- <-p.done
 
 	back := time.Now()
 	c.Start(2)

@@ -32,9 +32,16 @@ const (
 	// kafkaCheckReuse is how long a look's answer serves other probes, so
 	// that frequent probes cost the brokers one look a second.
 	kafkaCheckReuse = time.Second
-	// minInSyncReuse is how long a topic's min.insync.replicas is kept
-	// before it is asked again: operators change it rarely.
+	// minInSyncReuse is how long a topic's min.insync.replicas, or the
+	// failure to read it, is kept before it is asked again: operators
+	// change it rarely.
 	minInSyncReuse = 5 * time.Minute
+	// dialBudget bounds the wait for the brokers' first answers, and
+	// askBudget each request to one broker after that, so that a broker
+	// that accepts connections but never answers costs the look a second
+	// or two, not all of it.
+	dialBudget = 1500 * time.Millisecond
+	askBudget  = 1500 * time.Millisecond
 )
 
 // kafkaChecker runs one look at the cluster at a time and shares it.
@@ -43,10 +50,16 @@ type kafkaChecker struct {
 	mu     sync.Mutex
 	last   kafkaHealth
 	at     time.Time
-	// minISR is each written topic's min.insync.replicas, asked at
-	// minISRAt.
-	minISR   map[string]int
-	minISRAt time.Time
+	// minISR is each written topic's min.insync.replicas as last asked.
+	minISR map[string]minInSyncAnswer
+}
+
+// minInSyncAnswer is a topic's min.insync.replicas, or why it is not
+// known, as a broker said at a time.
+type minInSyncAnswer struct {
+	n   int
+	err string
+	at  time.Time
 }
 
 // checkKafka says whether the Kafka cluster can serve the routes. Callers
@@ -89,32 +102,40 @@ type partitionState struct {
 	written bool
 }
 
-// inspectKafka asks for the cluster's brokers, then each of them, on a
-// connection of its own, whether it answers. One that does is asked for
-// the routes' topics, their groups' coordinators and the written topics'
-// min.insync.replicas: fresh answers, not the clients' cached ones. The
-// routes cannot work while a partition of their topics has no leader that
-// answers, while a topic they write to has fewer in-sync replicas that
-// answer than its min.insync.replicas, or while a group's coordinator
-// does not answer. A broker down that they can do without, or a topic
-// they write to that does not exist yet, leaves them ready, named as
+// inspectKafka dials every broker the clients know, each on a connection
+// of its own, and asks one that answers for the routes' topics, with the
+// cluster's brokers as they are now, their groups' coordinators and the
+// written topics' min.insync.replicas: fresh answers, not the clients'
+// cached ones. The routes cannot work while a partition of their topics
+// has no leader that answers, while a topic they write to has fewer
+// in-sync replicas that answer than its min.insync.replicas, or while a
+// group's coordinator does not answer. A broker down that they can do
+// without, or a topic that does not exist yet, leaves them ready, named as
 // degraded.
 func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
-	if err := within(ctx, func() error { return d.probe.RefreshMetadata() }); err != nil {
-		return kafkaHealth{problem: "broker does not answer: " + err.Error()}
-	}
-	addrs := map[int32]string{}
+	targets := map[int32]string{}
 	for _, b := range d.probe.Brokers() {
-		addrs[b.ID()] = b.Addr()
+		targets[b.ID()] = b.Addr()
 	}
-	conns, down := d.dialBrokers(ctx, addrs)
+	if len(targets) == 0 {
+		// The clients never had an answer: the bootstrap addresses, with
+		// ids of their own.
+		for i, addr := range d.kafka.Brokers() {
+			targets[int32(-1-i)] = addr
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, dialBudget)
+	conns, down := d.dialBrokers(dctx, targets)
+	cancel()
 	defer func() {
+		// A request that outlived its budget holds its broker's lock
+		// until its read times out; Close waits for it.
 		for _, b := range conns {
-			_ = b.Close()
+			go b.Close()
 		}
 	}()
 	if len(conns) == 0 {
-		return kafkaHealth{problem: "no broker answers: " + strings.Join(slices.Sorted(maps.Values(down)), "; ")}
+		return kafkaHealth{problem: "broker does not answer: " + strings.Join(slices.Sorted(maps.Values(down)), "; ")}
 	}
 
 	written := map[string]bool{}
@@ -131,17 +152,43 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 		}
 	}
 	version := d.probe.Config().Version
-	var metas []*sarama.TopicMetadata
+	var meta *sarama.MetadataResponse
 	err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
 		resp, err := b.GetMetadata(sarama.NewMetadataRequest(version, topics))
 		if err == nil {
-			metas = resp.Topics
+			meta = resp
 		}
 		return err
 	})
 	if err != nil {
 		return kafkaHealth{problem: "brokers answer but not with the routes' topics: " + err.Error()}
 	}
+	// The brokers of this answer are the cluster's now: one missing was
+	// fenced by the controllers; one the clients did not know yet is
+	// dialed too.
+	addrs := map[int32]string{}
+	unknown := map[int32]string{}
+	for _, b := range meta.Brokers {
+		addrs[b.ID()] = b.Addr()
+		if _, dialed := targets[b.ID()]; !dialed {
+			unknown[b.ID()] = b.Addr()
+		}
+	}
+	if len(unknown) > 0 {
+		dctx, cancel := context.WithTimeout(ctx, dialBudget)
+		more, moreDown := d.dialBrokers(dctx, unknown)
+		cancel()
+		maps.Copy(conns, more)
+		maps.Copy(down, moreDown)
+	}
+	// Only the brokers of the answer count, as replicas name them below;
+	// the bootstrap addresses' own ids go.
+	for id := range down {
+		if _, listed := addrs[id]; !listed {
+			delete(down, id)
+		}
+	}
+
 	var problems, missing []string
 	coordinators := map[string]int32{}
 	for _, r := range d.cfg.Routes {
@@ -161,9 +208,10 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 		}
 		coordinators[group] = id
 	}
+
 	var parts []partitionState
 	ids := map[int32]bool{}
-	for _, m := range metas {
+	for _, m := range meta.Topics {
 		switch {
 		case errors.Is(m.Err, sarama.ErrNoError):
 		case errors.Is(m.Err, sarama.ErrUnknownTopicOrPartition):
@@ -187,11 +235,10 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 	}
 	for id := range ids {
 		if _, ok := addrs[id]; !ok {
-			// The controllers fenced it.
 			down[id] = "broker " + strconv.Itoa(int(id)) + " is not in the cluster's metadata"
 		}
 	}
-	minISR := d.minInSync(ctx, conns, parts)
+	minISR, unknownISR := d.minInSync(ctx, conns, parts)
 
 	var noLeader, fewInSync, groups []string
 	for _, p := range parts {
@@ -233,11 +280,8 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 
 	var notes []string
 	if len(down) > 0 {
-		known := map[int32]bool{}
+		known := maps.Clone(ids)
 		for id := range addrs {
-			known[id] = true
-		}
-		for id := range down {
 			known[id] = true
 		}
 		notes = append(notes, fmt.Sprintf("%d of %d brokers do not answer (%s)", len(down), len(known), strings.Join(slices.Sorted(maps.Values(down)), "; ")))
@@ -252,12 +296,18 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 		slices.Sort(missing)
 		notes = append(notes, "topics not created yet: "+strings.Join(missing, ", "))
 	}
+	if len(unknownISR) > 0 {
+		notes = append(notes, "min.insync.replicas counted as 1, as it could not be read: "+strings.Join(unknownISR, "; "))
+	}
 	return kafkaHealth{degraded: strings.Join(notes, "; ")}
 }
 
 // within runs f and returns its error, or ctx's once ctx is done; f goes
 // on then, and its error is dropped.
 func within(ctx context.Context, f func() error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("no time left: %w", err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- f() }()
 	select {
@@ -335,11 +385,13 @@ func (d *Daemon) dialBrokers(ctx context.Context, addrs map[int32]string) (map[i
 }
 
 // askAny calls ask with the answering brokers in turn, lowest id first,
-// until one call succeeds or ctx is done.
+// each for at most askBudget, until one call succeeds or ctx is done.
 func (d *Daemon) askAny(ctx context.Context, conns map[int32]*sarama.Broker, ask func(*sarama.Broker) error) error {
 	var errs []error
 	for _, id := range slices.Sorted(maps.Keys(conns)) {
-		err := within(ctx, func() error { return ask(conns[id]) })
+		actx, cancel := context.WithTimeout(ctx, askBudget)
+		err := within(actx, func() error { return ask(conns[id]) })
+		cancel()
 		if err == nil {
 			return nil
 		}
@@ -367,30 +419,33 @@ func findCoordinator(b *sarama.Broker, v sarama.KafkaVersion, group string) (int
 	if !errors.Is(resp.Err, sarama.ErrNoError) {
 		return 0, fmt.Errorf("coordinator of group %s: %w", group, resp.Err)
 	}
+	if resp.Coordinator == nil {
+		return 0, fmt.Errorf("coordinator of group %s: the answer names none", group)
+	}
 	return resp.Coordinator.ID(), nil
 }
 
 // minInSync returns the min.insync.replicas of the written topics among
-// parts: how many in-sync replicas a write with acks=all needs. The
-// answer is kept for minInSyncReuse; while no broker has given one, a
-// topic needs 1, and readiness leaves the rest to the route, which pauses
-// when its writes fail.
-func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, parts []partitionState) map[string]int {
+// parts: how many in-sync replicas a write with acks=all needs, and the
+// topics whose value could not be read, with why. Each answer, or
+// failure, is kept for minInSyncReuse. A topic whose value is not known
+// needs 1: readiness then leaves the rest to the route, which pauses when
+// its writes fail.
+func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, parts []partitionState) (map[string]int, []string) {
 	k := &d.kafkaCheck
-	var topics []string
 	k.mu.Lock()
-	fresh := time.Since(k.minISRAt) < minInSyncReuse
 	known := maps.Clone(k.minISR)
 	k.mu.Unlock()
+	if known == nil {
+		known = map[string]minInSyncAnswer{}
+	}
+	var ask []string
 	for _, p := range parts {
-		if _, ok := known[p.topic]; p.written && (!ok || !fresh) && !slices.Contains(topics, p.topic) {
-			topics = append(topics, p.topic)
+		if a, ok := known[p.topic]; p.written && (!ok || time.Since(a.at) >= minInSyncReuse) && !slices.Contains(ask, p.topic) {
+			ask = append(ask, p.topic)
 		}
 	}
-	if known == nil {
-		known = map[string]int{}
-	}
-	if len(topics) > 0 {
+	if len(ask) > 0 {
 		req := &sarama.DescribeConfigsRequest{}
 		switch v := d.probe.Config().Version; {
 		case v.IsAtLeast(sarama.V2_8_0_0):
@@ -399,40 +454,65 @@ func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, 
 			req.Version = 3
 		case v.IsAtLeast(sarama.V2_0_0_0):
 			req.Version = 2
-		default:
+		case v.IsAtLeast(sarama.V1_1_0_0):
 			req.Version = 1
 		}
-		for _, t := range topics {
+		for _, t := range ask {
 			req.Resources = append(req.Resources, &sarama.ConfigResource{
 				Type: sarama.TopicResource, Name: t, ConfigNames: []string{"min.insync.replicas"},
 			})
 		}
-		got := map[string]int{}
+		var resp *sarama.DescribeConfigsResponse
 		err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
-			resp, err := b.DescribeConfigs(req)
-			if err != nil {
-				return err
+			r, err := b.DescribeConfigs(req)
+			if err == nil {
+				resp = r
 			}
+			return err
+		})
+		now := time.Now()
+		got := map[string]minInSyncAnswer{}
+		if err == nil {
 			for _, r := range resp.Resources {
+				a := minInSyncAnswer{err: "the answer lacks it", at: now}
+				if r.ErrorCode != 0 {
+					a.err = sarama.KError(r.ErrorCode).Error()
+				}
 				for _, c := range r.Configs {
-					if n, err := strconv.Atoi(c.Value); err == nil && c.Name == "min.insync.replicas" {
-						got[r.Name] = n
+					if n, err := strconv.Atoi(c.Value); err == nil && c.Name == "min.insync.replicas" && r.ErrorCode == 0 {
+						a = minInSyncAnswer{n: n, at: now}
 					}
 				}
+				got[r.Name] = a
 			}
-			return nil
-		})
-		if err == nil {
-			maps.Copy(known, got)
-			k.mu.Lock()
-			k.minISR, k.minISRAt = maps.Clone(known), time.Now()
-			k.mu.Unlock()
 		}
+		for _, t := range ask {
+			if _, ok := got[t]; !ok && err != nil {
+				// Asked again at the next look: no broker answered.
+				known[t] = minInSyncAnswer{err: err.Error()}
+				continue
+			}
+			if a, ok := got[t]; ok {
+				known[t] = a
+			}
+		}
+		k.mu.Lock()
+		k.minISR = maps.Clone(known)
+		k.mu.Unlock()
 	}
+	need := map[string]int{}
+	var unknown []string
 	for _, p := range parts {
-		if _, ok := known[p.topic]; !ok {
-			known[p.topic] = 1
+		if _, done := need[p.topic]; done || !p.written {
+			continue
+		}
+		need[p.topic] = 1
+		if a := known[p.topic]; a.err != "" {
+			unknown = append(unknown, p.topic+" ("+a.err+")")
+		} else if a.n > 0 {
+			need[p.topic] = a.n
 		}
 	}
-	return known
+	slices.Sort(unknown)
+	return need, unknown
 }

@@ -17,7 +17,8 @@ fi
 
 scripts/deps.sh
 # Mailpit, the SMTP server the email tests read, built from its Go module.
-export EVENTROUTER_TEST_MAILPIT=${EVENTROUTER_TEST_MAILPIT:-$(scripts/mailpit.sh)}
+EVENTROUTER_TEST_MAILPIT=${EVENTROUTER_TEST_MAILPIT:-$(scripts/mailpit.sh)}
+export EVENTROUTER_TEST_MAILPIT
 
 started=""
 pg_started=""
@@ -44,13 +45,15 @@ if [[ -z ${EVENTROUTER_TEST_POSTGRES:-} ]]; then
     scripts/postgres.sh start
     pg_started=yes
   fi
-  export EVENTROUTER_TEST_POSTGRES=$(scripts/postgres.sh dsn)
+  EVENTROUTER_TEST_POSTGRES=$(scripts/postgres.sh dsn)
+  export EVENTROUTER_TEST_POSTGRES
 fi
 # Lets the database-outage test run and stop a server of its own.
 export EVENTROUTER_TEST_POSTGRES_SCRIPT=$PWD/scripts/postgres.sh
 
 if [[ -z ${EVENTROUTER_TEST_BROKERS:-} ]]; then
-  export EVENTROUTER_TEST_BROKERS=$(scripts/kafka.sh bootstrap)
+  EVENTROUTER_TEST_BROKERS=$(scripts/kafka.sh bootstrap)
+  export EVENTROUTER_TEST_BROKERS
   # Lets the broker-restart test stop and start this broker.
   export EVENTROUTER_TEST_KAFKA_SCRIPT=$PWD/scripts/kafka.sh
   # The same broker's SASL_SSL and SSL listeners and their credentials.
