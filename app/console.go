@@ -41,6 +41,8 @@ type consoleSource struct {
 	mu       sync.Mutex
 	producer sarama.SyncProducer
 	reader   sarama.Consumer
+	// reading holds the one read of the poison topic at a time.
+	reading chan struct{}
 }
 
 var _ console.Source = (*consoleSource)(nil)
@@ -118,32 +120,12 @@ func (s *consoleSource) route(name string) (config.Route, bool) {
 	return config.Route{}, false
 }
 
-// inTime runs f, giving up when ctx ends: sarama's calls take no context.
-func inTime[T any](ctx context.Context, f func() (T, error)) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		v, err := f()
-		done <- result{v, err}
-	}()
-	select {
-	case r := <-done:
-		return r.v, r.err
-	case <-ctx.Done():
-		var zero T
-		return zero, fmt.Errorf("kafka did not answer in time: %w", ctx.Err())
-	}
-}
-
 func (s *consoleSource) Partitions(ctx context.Context, name string) ([]console.Partition, error) {
 	r, ok := s.route(name)
 	if !ok {
 		return nil, fmt.Errorf("no route %q", name)
 	}
-	return inTime(ctx, func() ([]console.Partition, error) {
+	return within(ctx, func() ([]console.Partition, error) {
 		offsets, err := groupOffsets(s.client, s.admin, r)
 		if err != nil {
 			return nil, err
@@ -244,7 +226,7 @@ func pretty(v []byte) string {
 // read returns the newest records of topic, up to poisonScan a partition,
 // or, with only set, those records alone.
 func (s *consoleSource) read(ctx context.Context, topic string, only map[int32][]int64) ([]*sarama.ConsumerMessage, error) {
-	return inTime(ctx, func() ([]*sarama.ConsumerMessage, error) {
+	return within(ctx, func() ([]*sarama.ConsumerMessage, error) {
 		if err := s.client.RefreshMetadata(topic); err != nil {
 			if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
 				return nil, nil
@@ -258,6 +240,15 @@ func (s *consoleSource) read(ctx context.Context, topic string, only map[int32][
 		consumer, err := s.consumer()
 		if err != nil {
 			return nil, err
+		}
+		// One read at a time: a consumer takes a partition once, until it
+		// is closed, and the live page, the explorer and a replay may read
+		// the same one at once.
+		select {
+		case s.reading <- struct{}{}:
+			defer func() { <-s.reading }()
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 		var out []*sarama.ConsumerMessage
 		for _, p := range partitions {
@@ -296,6 +287,7 @@ func (s *consoleSource) read(ctx context.Context, topic string, only map[int32][
 						// sarama closes it on an error it does not return,
 						// such as the offset falling out of retention.
 						idle.Stop()
+						_ = pc.Close()
 						return nil, fmt.Errorf("reading %s/%d stopped", topic, p)
 					}
 					next = m.Offset + 1
@@ -305,18 +297,19 @@ func (s *consoleSource) read(ctx context.Context, topic string, only map[int32][
 					idle.Reset(consoleIdle)
 				case err := <-pc.Errors():
 					idle.Stop()
-					pc.AsyncClose()
+					_ = pc.Close()
 					return nil, err
 				case <-idle.C:
 					break records
 				case <-ctx.Done():
 					idle.Stop()
-					pc.AsyncClose()
+					_ = pc.Close()
 					return nil, ctx.Err()
 				}
 			}
 			idle.Stop()
-			pc.AsyncClose()
+			// Closed before the next read may take the partition again.
+			_ = pc.Close()
 		}
 		return out, nil
 	})
@@ -430,7 +423,7 @@ func (s *consoleSource) Sent(ctx context.Context, user string) ([]console.Sent, 
 		e  ledger.Entry
 		ok bool
 	}
-	f, err := inTime(ctx, func() (found, error) {
+	f, err := within(ctx, func() (found, error) {
 		e, ok, err := (*l).Lookup(key)
 		return found{e, ok}, err
 	})

@@ -152,13 +152,9 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 		}
 	}
 	version := d.probe.Config().Version
-	var meta *sarama.MetadataResponse
-	err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
-		resp, err := b.GetMetadata(sarama.NewMetadataRequest(version, topics))
-		if err == nil {
-			meta = resp
-		}
-		return err
+	l := &look{conns: conns, slow: map[int32]bool{}}
+	meta, err := ask(ctx, l, func(b *sarama.Broker) (*sarama.MetadataResponse, error) {
+		return b.GetMetadata(sarama.NewMetadataRequest(version, topics))
 	})
 	if err != nil {
 		return kafkaHealth{problem: "brokers answer but not with the routes' topics: " + err.Error()}
@@ -168,11 +164,35 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 	// dialed too.
 	addrs := map[int32]string{}
 	unknown := map[int32]string{}
-	for _, b := range meta.Brokers {
-		addrs[b.ID()] = b.Addr()
-		if _, dialed := targets[b.ID()]; !dialed {
-			unknown[b.ID()] = b.Addr()
+	seeds := map[string]int32{}
+	for id, addr := range targets {
+		if id < 0 {
+			seeds[addr] = id
 		}
+	}
+	for _, b := range meta.Brokers {
+		id, addr := b.ID(), b.Addr()
+		addrs[id] = addr
+		if dialed, ok := targets[id]; ok && dialed == addr {
+			continue
+		}
+		// Dialed at another address: that answer is not this broker's.
+		if c, ok := conns[id]; ok {
+			go c.Close()
+			delete(conns, id)
+		}
+		delete(down, id)
+		// Dialed already as a bootstrap address.
+		if seed, ok := seeds[addr]; ok {
+			if c, ok := conns[seed]; ok {
+				conns[id] = c
+				delete(conns, seed)
+			} else {
+				down[id] = fmt.Sprintf("broker %d at %s%s", id, addr, strings.TrimPrefix(down[seed], fmt.Sprintf("broker %d at %s", seed, addr)))
+			}
+			continue
+		}
+		unknown[id] = addr
 	}
 	if len(unknown) > 0 {
 		dctx, cancel := context.WithTimeout(ctx, dialBudget)
@@ -196,11 +216,8 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 		if _, ok := coordinators[group]; ok {
 			continue
 		}
-		var id int32
-		err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
-			var err error
-			id, err = findCoordinator(b, version, group)
-			return err
+		id, err := ask(ctx, l, func(b *sarama.Broker) (int32, error) {
+			return findCoordinator(b, version, group)
 		})
 		if err != nil {
 			problems = append(problems, "group "+group+" has no coordinator: "+err.Error())
@@ -238,7 +255,7 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 			down[id] = "broker " + strconv.Itoa(int(id)) + " is not in the cluster's metadata"
 		}
 	}
-	minISR, unknownISR := d.minInSync(ctx, conns, parts)
+	minISR, unknownISR := d.minInSync(ctx, l, parts)
 
 	var noLeader, fewInSync, groups []string
 	for _, p := range parts {
@@ -286,8 +303,12 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 		}
 		notes = append(notes, fmt.Sprintf("%d of %d brokers do not answer (%s)", len(down), len(known), strings.Join(slices.Sorted(maps.Values(down)), "; ")))
 	}
+	var after []string
+	if len(unknownISR) > 0 {
+		after = append(after, "min.insync.replicas counted as 1, as it could not be read: "+strings.Join(unknownISR, "; "))
+	}
 	if len(problems) > 0 {
-		return kafkaHealth{problem: strings.Join(append(notes, problems...), "; ")}
+		return kafkaHealth{problem: strings.Join(slices.Concat(notes, problems, after), "; ")}
 	}
 	if len(notes) > 0 {
 		notes[0] += "; every partition of the routes' topics still has a leader and enough in-sync replicas"
@@ -296,25 +317,31 @@ func (d *Daemon) inspectKafka(ctx context.Context) kafkaHealth {
 		slices.Sort(missing)
 		notes = append(notes, "topics not created yet: "+strings.Join(missing, ", "))
 	}
-	if len(unknownISR) > 0 {
-		notes = append(notes, "min.insync.replicas counted as 1, as it could not be read: "+strings.Join(unknownISR, "; "))
-	}
-	return kafkaHealth{degraded: strings.Join(notes, "; ")}
+	return kafkaHealth{degraded: strings.Join(append(notes, after...), "; ")}
 }
 
-// within runs f and returns its error, or ctx's once ctx is done; f goes
-// on then, and its error is dropped.
-func within(ctx context.Context, f func() error) error {
+// within runs f and returns what it returns, or ctx's error once ctx is
+// done: sarama's calls take no context. f goes on then, and what it
+// returns is dropped. It starts nothing once ctx is done.
+func within[T any](ctx context.Context, f func() (T, error)) (T, error) {
+	var zero T
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("no time left: %w", err)
+		return zero, fmt.Errorf("kafka: no time left: %w", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- f() }()
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f()
+		done <- result{v, err}
+	}()
 	select {
-	case err := <-done:
-		return err
+	case r := <-done:
+		return r.v, r.err
 	case <-ctx.Done():
-		return fmt.Errorf("no answer in time: %w", ctx.Err())
+		return zero, fmt.Errorf("kafka did not answer in time: %w", ctx.Err())
 	}
 }
 
@@ -384,23 +411,47 @@ func (d *Daemon) dialBrokers(ctx context.Context, addrs map[int32]string) (map[i
 	return conns, down
 }
 
-// askAny calls ask with the answering brokers in turn, lowest id first,
-// each for at most askBudget, until one call succeeds or ctx is done.
-func (d *Daemon) askAny(ctx context.Context, conns map[int32]*sarama.Broker, ask func(*sarama.Broker) error) error {
-	var errs []error
-	for _, id := range slices.Sorted(maps.Keys(conns)) {
+// look is the connections of one look at the cluster, and the brokers
+// that let a request of it time out: such a broker holds its connection
+// until the read times out, so it is asked last from then on.
+type look struct {
+	conns map[int32]*sarama.Broker
+	slow  map[int32]bool
+}
+
+// ask calls f with the answering brokers in turn, lowest id first and the
+// slow ones last, each for at most askBudget, until one call succeeds or
+// ctx is done.
+func ask[T any](ctx context.Context, l *look, f func(*sarama.Broker) (T, error)) (T, error) {
+	ids := slices.Sorted(maps.Keys(l.conns))
+	slices.SortStableFunc(ids, func(a, b int32) int {
+		switch {
+		case l.slow[a] == l.slow[b]:
+			return 0
+		case l.slow[a]:
+			return 1
+		}
+		return -1
+	})
+	var zero T
+	var errs []string
+	for _, id := range ids {
+		b := l.conns[id]
 		actx, cancel := context.WithTimeout(ctx, askBudget)
-		err := within(actx, func() error { return ask(conns[id]) })
+		v, err := within(actx, func() (T, error) { return f(b) })
 		cancel()
 		if err == nil {
-			return nil
+			return v, nil
 		}
-		errs = append(errs, fmt.Errorf("broker %d: %w", id, err))
+		if errors.Is(err, context.DeadlineExceeded) {
+			l.slow[id] = true
+		}
+		errs = append(errs, fmt.Sprintf("broker %d: %v", id, err))
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return errors.Join(errs...)
+	return zero, errors.New(strings.Join(errs, "; "))
 }
 
 // findCoordinator asks b which broker coordinates group.
@@ -431,7 +482,7 @@ func findCoordinator(b *sarama.Broker, v sarama.KafkaVersion, group string) (int
 // failure, is kept for minInSyncReuse. A topic whose value is not known
 // needs 1: readiness then leaves the rest to the route, which pauses when
 // its writes fail.
-func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, parts []partitionState) (map[string]int, []string) {
+func (d *Daemon) minInSync(ctx context.Context, l *look, parts []partitionState) (map[string]int, []string) {
 	k := &d.kafkaCheck
 	k.mu.Lock()
 	known := maps.Clone(k.minISR)
@@ -439,13 +490,13 @@ func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, 
 	if known == nil {
 		known = map[string]minInSyncAnswer{}
 	}
-	var ask []string
+	var topics []string
 	for _, p := range parts {
-		if a, ok := known[p.topic]; p.written && (!ok || time.Since(a.at) >= minInSyncReuse) && !slices.Contains(ask, p.topic) {
-			ask = append(ask, p.topic)
+		if a, ok := known[p.topic]; p.written && (!ok || time.Since(a.at) >= minInSyncReuse) && !slices.Contains(topics, p.topic) {
+			topics = append(topics, p.topic)
 		}
 	}
-	if len(ask) > 0 {
+	if len(topics) > 0 {
 		req := &sarama.DescribeConfigsRequest{}
 		switch v := d.probe.Config().Version; {
 		case v.IsAtLeast(sarama.V2_8_0_0):
@@ -457,26 +508,23 @@ func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, 
 		case v.IsAtLeast(sarama.V1_1_0_0):
 			req.Version = 1
 		}
-		for _, t := range ask {
+		for _, t := range topics {
 			req.Resources = append(req.Resources, &sarama.ConfigResource{
 				Type: sarama.TopicResource, Name: t, ConfigNames: []string{"min.insync.replicas"},
 			})
 		}
-		var resp *sarama.DescribeConfigsResponse
-		err := d.askAny(ctx, conns, func(b *sarama.Broker) error {
-			r, err := b.DescribeConfigs(req)
-			if err == nil {
-				resp = r
-			}
-			return err
+		resp, err := ask(ctx, l, func(b *sarama.Broker) (*sarama.DescribeConfigsResponse, error) {
+			return b.DescribeConfigs(req)
 		})
 		now := time.Now()
 		got := map[string]minInSyncAnswer{}
 		if err == nil {
 			for _, r := range resp.Resources {
+				// A refusal for the topic is asked again in 10 s, as it may
+				// be one of a moment.
 				a := minInSyncAnswer{err: "the answer lacks it", at: now}
 				if r.ErrorCode != 0 {
-					a.err = sarama.KError(r.ErrorCode).Error()
+					a = minInSyncAnswer{err: sarama.KError(r.ErrorCode).Error(), at: now.Add(10*time.Second - minInSyncReuse)}
 				}
 				for _, c := range r.Configs {
 					if n, err := strconv.Atoi(c.Value); err == nil && c.Name == "min.insync.replicas" && r.ErrorCode == 0 {
@@ -486,15 +534,22 @@ func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, 
 				got[r.Name] = a
 			}
 		}
-		for _, t := range ask {
-			if _, ok := got[t]; !ok && err != nil {
-				// Asked again at the next look: no broker answered.
-				known[t] = minInSyncAnswer{err: err.Error()}
-				continue
+		for _, t := range topics {
+			a, ok := got[t]
+			switch {
+			case ok:
+			case err == nil:
+				a = minInSyncAnswer{err: "the answer lacks it", at: now}
+			default:
+				// No broker answered: the value known stands, and is
+				// asked again at the next look.
+				a = known[t]
+				a.at = time.Time{}
+				if a.n == 0 {
+					a.err = err.Error()
+				}
 			}
-			if a, ok := got[t]; ok {
-				known[t] = a
-			}
+			known[t] = a
 		}
 		k.mu.Lock()
 		k.minISR = maps.Clone(known)
@@ -507,10 +562,10 @@ func (d *Daemon) minInSync(ctx context.Context, conns map[int32]*sarama.Broker, 
 			continue
 		}
 		need[p.topic] = 1
-		if a := known[p.topic]; a.err != "" {
-			unknown = append(unknown, p.topic+" ("+a.err+")")
-		} else if a.n > 0 {
+		if a := known[p.topic]; a.n > 0 {
 			need[p.topic] = a.n
+		} else {
+			unknown = append(unknown, p.topic+" ("+a.err+")")
 		}
 	}
 	slices.Sort(unknown)

@@ -68,7 +68,7 @@ func (d *Daemon) startOps() (func(), error) {
 	var web http.Handler
 	stopConsole := func() {}
 	if d.cfg.Ops.Console.Enabled {
-		src := &consoleSource{d: d, client: client, admin: admin, mask: token == ""}
+		src := &consoleSource{d: d, client: client, admin: admin, mask: token == "", reading: make(chan struct{}, 1)}
 		c, err := console.New(console.Options{
 			Source: src, Token: token, AllowActions: d.cfg.Ops.Console.AllowActions,
 			Logger: d.logger.With("component", "console"), SampleEvery: d.consoleSample, Hosts: d.cfg.Ops.Console.Hosts,
